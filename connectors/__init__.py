@@ -1,0 +1,1 @@
+"""syncd's bundled connectors, each registered under the entry-point group `syncd.connectors`."""
