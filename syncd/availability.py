@@ -55,7 +55,8 @@ def channel_figures(
     each location publishes on-hand minus the reservations held by *other* channels.
     """
     if channel.basis == "on_hand_less_foreign":
-        assert on_hand is not None and foreign_reserved is not None
+        if on_hand is None or foreign_reserved is None:
+            raise ValueError("on_hand_less_foreign needs on_hand and foreign_reserved")
         keys = dict(channel.location_map) or {loc: loc for loc in channel.sells_from}
         return {
             remote: min(max(0, on_hand.get(loc, 0) - foreign_reserved.get(loc, 0)),

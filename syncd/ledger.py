@@ -56,17 +56,14 @@ class Changes:
 
     levels: set[Key] = field(default_factory=set)
     reservations: dict[str, Reservation] = field(default_factory=dict)
-    # SKUs whose published figures may have moved
-    skus: set[str] = field(default_factory=set)
     # (sku, location) that went below zero in this batch (logged once, counted)
     oversold: set[Key] = field(default_factory=set)
-    # hold / reservation transitions to announce (MQTT holds topic, logs)
-    transitions: list[Reservation] = field(default_factory=list)
+    # (kind, old state or None when created, new state), in order, for the hold gauges
+    transitions: list[tuple[str, str | None, str]] = field(default_factory=list)
 
-    def touch_reservation(self, r: Reservation) -> None:
+    def touch_reservation(self, r: Reservation, old: ReservationState | None) -> None:
         self.reservations[r.res_id] = r
-        self.skus.add(r.sku)
-        self.transitions.append(r)
+        self.transitions.append((r.kind.value, old.value if old else None, r.state.value))
 
 
 class Ledger:
@@ -89,7 +86,9 @@ class Ledger:
             lvl = self.levels[key] = Level()
         return lvl
 
-    def reserved(self, sku: str, location: str, now: int, only_foreign_to: str | None = None) -> int:
+    def reserved(
+        self, sku: str, location: str, now: int, only_foreign_to: str | None = None
+    ) -> int:
         """Reservations counted at `now`; with `only_foreign_to`, those of other channels only."""
         total = 0
         for r in self.open.get((sku, location), {}).values():
@@ -110,6 +109,13 @@ class Ledger:
     def load_reservation(self, r: Reservation) -> None:
         self.reservations[r.res_id] = r
         self._index(r)
+
+    def forget(self, res_id: str) -> None:
+        """Drop a reservation from memory (restore after a failed commit)."""
+        r = self.reservations.pop(res_id, None)
+        if r is not None:
+            r.state = ReservationState.RELEASED
+            self._index(r)
 
     def _index(self, r: Reservation) -> None:
         key = (r.sku, r.location)
@@ -132,10 +138,11 @@ class Ledger:
 
     def _set_state(self, r: Reservation, state: ReservationState, now: int,
                    changes: Changes) -> None:
+        old = r.state
         r.state = state
         r.updated_at = now
         self._index(r)
-        changes.touch_reservation(r)
+        changes.touch_reservation(r, old)
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -180,7 +187,6 @@ class Ledger:
             return Verdict(Outcome.STALE, "already inside a later count", hold_verdict)
         key = (ev.sku, loc_name)
         changes.levels.add(key)
-        changes.skus.add(ev.sku)
         if lvl.on_hand < 0 <= before:
             changes.oversold.add(key)
         # rule 6: a fulfilled order is settled once the authority reports stock as of a time at
@@ -217,7 +223,7 @@ class Ledger:
         )
         self.reservations[res_id] = r
         self._index(r)
-        changes.touch_reservation(r)
+        changes.touch_reservation(r, None)
         if oversold:
             log.warning("order oversold", extra={"channel": channel.name, "location": chosen})
         return Verdict(Outcome.APPLIED, "", r)
@@ -267,7 +273,7 @@ class Ledger:
         )
         self.reservations[hold_id] = r
         self._index(r)
-        changes.touch_reservation(r)
+        changes.touch_reservation(r, None)
         return Verdict(Outcome.APPLIED, "", r)
 
     def _reservation_end(self, ev: Event, now: int, changes: Changes) -> Verdict:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 __all__ = [
+    "COUNTED_STATES",
     "DELTA_SIGN",
     "STOCK_TYPES",
-    "COUNTED_STATES",
     "Channel",
     "Event",
     "EventType",
@@ -149,7 +149,9 @@ class ReservationState(enum.StrEnum):
     SETTLED = "settled"  # fulfilled and seen in the authority's stock: no longer counted
 
 
-COUNTED_STATES = frozenset({ReservationState.HELD, ReservationState.ACTIVE, ReservationState.FULFILLED})
+COUNTED_STATES = frozenset(
+    {ReservationState.HELD, ReservationState.ACTIVE, ReservationState.FULFILLED}
+)
 
 
 @dataclass(slots=True)

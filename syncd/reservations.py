@@ -24,7 +24,9 @@ __all__ = [
     "settles",
 ]
 
-OPEN_STATES = frozenset({ReservationState.HELD, ReservationState.ACTIVE, ReservationState.FULFILLED})
+OPEN_STATES = frozenset(
+    {ReservationState.HELD, ReservationState.ACTIVE, ReservationState.FULFILLED}
+)
 
 
 def order_res_id(channel: str, order_id: str, sku: str) -> str:

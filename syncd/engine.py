@@ -1,0 +1,646 @@
+"""The engine: the one writer of the ledger.
+
+It drains a bounded ingest queue in batches (whatever is waiting, up to `max_batch` events),
+applies them to the in-memory ledger and writes the whole batch's effect in one database
+transaction: ledger rows, levels, reservations, outbox rows, dead letters and source sequence
+numbers (group commit). Only after that commit does any source hear back: `Inbound.on_commit`
+runs, API futures resolve, pushers wake up. If the commit fails nothing is acknowledged, the
+touched part of the in-memory state is reloaded from the database, and the engine retries with
+backoff while the queue applies back-pressure upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from connectors.base import DeadLetter, Inbound
+
+from . import availability
+from .ledger import Changes, Ledger, LedgerConfig, Verdict
+from .metrics import Metrics
+from .model import (
+    Channel,
+    Event,
+    EventType,
+    Outcome,
+    Reservation,
+)
+from .outbox import OKey, Outbox
+from .reservations import OPEN_STATES, order_res_id
+from .store import repository as repo
+
+__all__ = ["COMMAND_TYPES", "Engine", "EngineStopped", "now_micros"]
+
+log = logging.getLogger("syncd.engine")
+
+# ledgered only when applied, under deterministic ids: never deduplicated by the database
+COMMAND_TYPES = frozenset(
+    {
+        EventType.HOLD_CREATE,
+        EventType.HOLD_RELEASE,
+        EventType.HOLD_COLLECT,
+        EventType.HOLD_EXPIRE,
+        EventType.RESERVATION_EXPIRE,
+    }
+)
+SYSTEM_CONNECTOR = "syncd"
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+class EngineStopped(RuntimeError):
+    """The engine no longer takes events (shutting down)."""
+
+
+@dataclass(slots=True)
+class _Work:
+    events: list[Event]
+    dead: list[DeadLetter] = field(default_factory=list)
+    future: asyncio.Future[list[Verdict]] | None = None
+    inbound: Inbound | None = None
+
+
+@dataclass(slots=True)
+class _Staged:
+    """The outbox effect of one batch, applied to memory only after its commit."""
+
+    desired: dict[OKey, tuple[int, int]] = field(default_factory=dict)  # key -> (desired, ver)
+    drift: dict[OKey, int] = field(default_factory=dict)  # key -> quantity the channel shows
+
+
+class Engine:
+    def __init__(
+        self,
+        db: AsyncEngine,
+        config: LedgerConfig,
+        metrics: Metrics,
+        *,
+        max_batch: int = 2000,
+        queue_size: int = 1000,
+        sweep_every: float = 1.0,
+        clock: Callable[[], int] = now_micros,
+    ) -> None:
+        self.db = db
+        self.ledger = Ledger(config)
+        self.metrics = metrics
+        self.outbox = Outbox(metrics)
+        self.max_batch = max_batch
+        self.sweep_every = sweep_every
+        self.clock = clock
+        self.queue: asyncio.Queue[_Work] = asyncio.Queue(maxsize=queue_size)
+        self.last_seq: dict[tuple[str, str], int] = {}
+        self.oversold: set[tuple[str, str]] = set()
+        self.hold_states: Counter[str] = Counter()
+        self.reservation_listeners: list[Callable[[Reservation], None]] = []
+        self.batches = 0  # progress counter (watchdog)
+        self.db_ok = False
+        self._task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._poke = asyncio.Event()
+        self._next_sweep = 0.0
+        self._channels_by_loc: dict[str, list[Channel]] = {}
+        self._index_channels()
+        self.outbox.on_dirty = self._poke.set
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the in-memory state from the database, recompute every figure, start."""
+        async with self.db.connect() as conn:
+            levels = await repo.load_levels(conn)
+            open_res = await repo.load_reservations(conn, open_only=True)
+            rows = await repo.load_outbox(conn)
+            self.last_seq = await repo.load_sources(conn)
+            self.hold_states = await repo.count_holds(conn)
+        self.ledger.levels = levels
+        for r in open_res:
+            self.ledger.load_reservation(r)
+        self.outbox = Outbox(self.metrics, rows)
+        self.outbox.on_dirty = self._poke.set
+        self.oversold = {k for k, lvl in levels.items() if lvl.on_hand < 0}
+        self.db_ok = True
+        await self._recompute_all()
+        self._publish_gauges()
+        self._accepting = True
+        self._task = asyncio.create_task(self._run(), name="syncd-engine")
+
+    async def stop(self) -> None:
+        """Stop intake, commit what is queued, persist push results, stop."""
+        self._accepting = False
+        if self._task is None:
+            return
+        self._poke.set()
+        await self.queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self.outbox.dirty:
+            await self._persist_only()
+
+    async def kill(self) -> None:
+        """Stop at once, mid-batch if need be (tests of crash safety)."""
+        self._accepting = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def reconfigure(self, config: LedgerConfig) -> None:
+        """Take a new configuration (SIGHUP); figures are recomputed by the next batch."""
+        self.ledger.config = config
+        self._index_channels()
+        self._recompute_pending = True
+        self._poke.set()
+
+    _recompute_pending = False
+
+    def _index_channels(self) -> None:
+        by_loc: dict[str, list[Channel]] = {}
+        for ch in self.ledger.config.channels.values():
+            for loc in ch.sells_from:
+                by_loc.setdefault(loc, []).append(ch)
+        self._channels_by_loc = by_loc
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def submit(self, inbound: Inbound) -> None:
+        """Queue a delivery; waits while the queue is full (back-pressure)."""
+        if not self._accepting:
+            raise EngineStopped("engine is not accepting events")
+        await self.queue.put(_Work(inbound.events, inbound.dead, None, inbound))
+        self.metrics.queue_depth.set(self.queue.qsize())
+
+    async def apply(
+        self, events: Sequence[Event], dead: Sequence[DeadLetter] = ()
+    ) -> list[Verdict]:
+        """Queue events and wait for their commit; returns one verdict per event."""
+        if not self._accepting:
+            raise EngineStopped("engine is not accepting events")
+        fut: asyncio.Future[list[Verdict]] = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Work(list(events), list(dead), fut))
+        return await fut
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def stock(self, sku: str) -> dict[str, Any]:
+        """The `/v1/stock/{sku}` view: on-hand, reserved and available per location, and the
+        published and pushed figures per channel."""
+        now = self.clock()
+        cfg = self.ledger.config
+        locs: dict[str, dict[str, int]] = {}
+        for name in cfg.locations:
+            lvl = self.ledger.levels.get((sku, name))
+            reserved = self.ledger.reserved(sku, name, now)
+            if lvl is None and not reserved:
+                continue
+            on_hand = lvl.on_hand if lvl else 0
+            locs[name] = {
+                "on_hand": on_hand,
+                "reserved": reserved,
+                "available": max(0, self.ledger.avail(sku, name, now)),
+            }
+        chans: dict[str, Any] = {}
+        for ch in cfg.channels.values():
+            for remote_loc in self._figures(ch, sku, now):
+                row = self.outbox.rows.get((ch.name, sku, remote_loc))
+                if row is None:
+                    continue
+                entry = {
+                    "published": row.desired,
+                    "pushed": row.pushed,
+                    "state": row.state if not row.pending else "pending",
+                }
+                if remote_loc:
+                    chans.setdefault(ch.name, {"locations": {}})["locations"][remote_loc] = entry
+                else:
+                    chans[ch.name] = entry
+        return {"sku": sku, "locations": locs, "channels": chans}
+
+    def available_by_location(self, sku: str) -> dict[str, int]:
+        now = self.clock()
+        return {
+            name: max(0, self.ledger.avail(sku, name, now))
+            for name in self.ledger.config.locations
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._next_sweep = loop.time() + self.sweep_every
+        backoff = 0.05
+        while True:
+            works = await self._next_batch(loop)
+            try:
+                await self._process(works)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.db_errors.inc()
+                self.metrics.db_up.set(0)
+                self.db_ok = False
+                log.error("batch commit failed; nothing acknowledged: %s", _brief(exc))
+                await self._fail(works, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                for _ in works:
+                    self.queue.task_done()
+
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Work]:
+        works: list[_Work] = []
+        if self.queue.empty():
+            timeout = max(0.0, self._next_sweep - loop.time())
+            getter = asyncio.ensure_future(self.queue.get())
+            poker = asyncio.ensure_future(self._poke.wait())
+            done, _ = await asyncio.wait(
+                {getter, poker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            poker.cancel()
+            if getter in done:
+                works.append(getter.result())
+            else:
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+                if not getter.cancelled() and getter.exception() is None:
+                    works.append(getter.result())
+        self._poke.clear()
+        n = sum(len(w.events) for w in works)
+        while n < self.max_batch:
+            try:
+                w = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            works.append(w)
+            n += len(w.events)
+        self.metrics.queue_depth.set(self.queue.qsize())
+        return works
+
+    async def _process(self, works: list[_Work]) -> None:
+        started = time.perf_counter()
+        now = self.clock()
+        loop = asyncio.get_running_loop()
+        changes = Changes()
+        staged = _Staged()
+        verdicts: list[list[Verdict]] = []
+        event_rows: list[dict[str, Any]] = []
+        counted: Counter[tuple[str, str, str]] = Counter()
+        seqs: dict[tuple[str, str], int] = {}
+
+        sweep: list[Event] = []
+        if loop.time() >= self._next_sweep:
+            self._next_sweep = loop.time() + self.sweep_every
+            sweep = self._due_expiries(now)
+        all_events = [ev for w in works for ev in w.events] + sweep
+
+        async with self.db.begin() as conn:
+            dupes = await self._duplicates(conn, all_events)
+            await self._prefetch(conn, all_events)
+            seen: set[tuple[str, str]] = set()
+            for w in [*works, _Work(sweep)]:
+                out: list[Verdict] = []
+                for ev in w.events:
+                    ident = (ev.connector, ev.event_id)
+                    if ident in dupes or ident in seen:
+                        v = Verdict(Outcome.DUPLICATE)
+                        if ev.type in COMMAND_TYPES or ev.type is EventType.ORDER:
+                            v.reservation = self.ledger.reservations.get(_res_id_of(ev))
+                    elif ev.type is EventType.CHANNEL_LEVEL:
+                        v = self._judge_drift(ev, staged)
+                    else:
+                        v = self.ledger.apply(ev, now, changes)
+                    if v.outcome is not Outcome.DUPLICATE:
+                        seen.add(ident)
+                        if ev.type not in COMMAND_TYPES or v.outcome is Outcome.APPLIED:
+                            event_rows.append(repo.event_row(ev, now, v.outcome.value, v.reason))
+                    if ev.source is not None and ev.seq is not None:
+                        skey = (ev.connector, ev.source)
+                        if ev.seq > seqs.get(skey, self.last_seq.get(skey, -1)):
+                            seqs[skey] = ev.seq
+                    counted[(ev.connector, ev.type.value, v.outcome.value)] += 1
+                    out.append(v)
+                verdicts.append(out)
+
+            self._stage_figures(changes, staged, now)
+            await repo.insert_events(conn, event_rows)
+            await repo.upsert_levels(conn, [
+                repo.level_row(sku, loc, self.ledger.levels[(sku, loc)])
+                for sku, loc in changes.levels
+            ])
+            await repo.upsert_reservations(
+                conn, [repo.reservation_row(r) for r in changes.reservations.values()]
+            )
+            await repo.upsert_outbox(conn, self._outbox_rows(staged, now))
+            await repo.insert_dead_letters(conn, [
+                {"connector": d.connector, "origin": d.origin[:255], "reason": d.reason,
+                 "payload": d.payload, "received_at": now}
+                for w in works for d in w.dead
+            ])
+            await repo.upsert_sources(conn, [
+                {"connector": c, "source": s, "last_seq": q, "updated_at": now}
+                for (c, s), q in seqs.items()
+            ])
+        # committed: from here on, tell everyone
+        self._after_commit(works, verdicts, changes, staged, seqs, counted, now)
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_apply.observe(elapsed)
+        self.metrics.batch_size.observe(len(all_events))
+        self.batches += 1
+        if not self.db_ok:
+            log.info("database writes succeed again")
+        self.db_ok = True
+        self.metrics.db_up.set(1)
+        for w in works:
+            if w.inbound is not None and w.inbound.on_commit is not None:
+                await _call(w.inbound.on_commit)
+
+    async def _duplicates(self, conn: Any, evs: Iterable[Event]) -> set[tuple[str, str]]:
+        by_connector: dict[str, list[str]] = {}
+        for ev in evs:
+            if ev.type not in COMMAND_TYPES:
+                by_connector.setdefault(ev.connector, []).append(ev.event_id)
+        found: set[tuple[str, str]] = set()
+        for connector, ids in by_connector.items():
+            for eid in await repo.existing_event_ids(conn, connector, ids):
+                found.add((connector, eid))
+        return found
+
+    async def _prefetch(self, conn: Any, evs: Iterable[Event]) -> None:
+        """Load the closed reservations that this batch's commands name (idempotency)."""
+        wanted = [
+            rid for ev in evs
+            if (ev.type in COMMAND_TYPES or ev.type is EventType.ORDER)
+            and (rid := _res_id_of(ev)) and rid not in self.ledger.reservations
+        ]
+        if wanted:
+            for r in await repo.load_reservations(conn, ids=wanted):
+                self.ledger.load_reservation(r)
+
+    def _judge_drift(self, ev: Event, staged: _Staged) -> Verdict:
+        channel = ev.channel or ""
+        key = (channel, ev.sku, ev.remote_location or "")
+        drifted = self.outbox.is_drift(key, ev.qty)
+        if drifted is None:
+            return Verdict(Outcome.IGNORED, "SKU not published on this channel")
+        if drifted:
+            staged.drift[key] = ev.qty
+            return Verdict(Outcome.DRIFT, f"channel shows {ev.qty}")
+        return Verdict(Outcome.APPLIED)
+
+    def _figures(self, ch: Channel, sku: str, now: int) -> dict[str, int]:
+        ledger = self.ledger
+        avails = {loc: ledger.avail(sku, loc, now) for loc in ch.sells_from
+                  if loc in ledger.config.locations}
+        if ch.basis == "on_hand_less_foreign":
+            on_hand = {loc: (lv.on_hand if (lv := ledger.levels.get((sku, loc))) else 0)
+                       for loc in ch.sells_from}
+            foreign = {loc: ledger.reserved(sku, loc, now, only_foreign_to=ch.name)
+                       for loc in ch.sells_from}
+            return availability.channel_figures(ch, avails, foreign, on_hand)
+        return availability.channel_figures(ch, avails)
+
+    def _stage_figures(self, changes: Changes, staged: _Staged, now: int) -> None:
+        touched: set[tuple[str, str]] = set()  # (sku, channel)
+        keys = set(changes.levels)
+        keys.update((r.sku, r.location) for r in changes.reservations.values())
+        for sku, loc in keys:
+            for ch in self._channels_by_loc.get(loc, ()):
+                touched.add((sku, ch.name))
+        channels = self.ledger.config.channels
+        if self._recompute_pending:
+            self._recompute_pending = False
+            skus = {sku for sku, _ in self.ledger.levels}
+            touched.update((sku, name) for sku in skus for name in channels)
+        for sku, ch_name in touched:
+            channel = channels.get(ch_name)
+            if channel is None:
+                continue
+            for remote_loc, qty in self._figures(channel, sku, now).items():
+                key = (ch_name, sku, remote_loc)
+                row = self.outbox.rows.get(key)
+                if row is None:
+                    staged.desired[key] = (qty, 1)
+                elif row.desired != qty:
+                    staged.desired[key] = (qty, row.version + 1)
+
+    def _outbox_rows(self, staged: _Staged, now: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        written: set[OKey] = set()
+        for key, (desired, version) in staged.desired.items():
+            cur = self.outbox.rows.get(key)
+            row = repo.OutboxRow(desired=desired, version=version, committed_at=now)
+            if cur is not None:
+                row = repo.OutboxRow(
+                    desired=desired, version=version, committed_at=now, pushed=cur.pushed,
+                    pushed_version=cur.pushed_version, remote=cur.remote, state="pending",
+                    attempts=0, last_error=cur.last_error, next_attempt_at=0,
+                )
+            rows.append(repo.outbox_row(key, row))
+            written.add(key)
+        for key, shown in staged.drift.items():
+            cur = self.outbox.rows[key]
+            if key in written:
+                continue
+            row = repo.OutboxRow(
+                desired=cur.desired, version=cur.version, committed_at=now, pushed=cur.pushed,
+                pushed_version=-1, remote=shown, state="pending", attempts=0,
+                last_error=cur.last_error, next_attempt_at=0,
+            )
+            rows.append(repo.outbox_row(key, row))
+            written.add(key)
+        self._dirty_snapshot = self.outbox.dirty
+        self.outbox.dirty = set()
+        for key in self._dirty_snapshot - written:
+            rows.append(repo.outbox_row(key, self.outbox.rows[key]))
+        return rows
+
+    _dirty_snapshot: set[OKey] = set()  # noqa: RUF012 - replaced per batch
+
+    def _after_commit(
+        self,
+        works: list[_Work],
+        verdicts: list[list[Verdict]],
+        changes: Changes,
+        staged: _Staged,
+        seqs: dict[tuple[str, str], int],
+        counted: Counter[tuple[str, str, str]],
+        now: int,
+    ) -> None:
+        ob = self.outbox
+        channels: set[str] = set()
+        for key, (desired, version) in staged.desired.items():
+            ob.commit_desired(key, desired, version, now)
+            channels.add(key[0])
+        for key, shown in staged.drift.items():
+            ob.force_repush(key, shown, now)
+            self.metrics.drift.labels(key[0]).inc()
+            channels.add(key[0])
+        ob.dirty -= self._dirty_snapshot - set(staged.drift)
+        ob.notify(channels)
+        self.last_seq.update(seqs)
+        for (connector, typ, outcome), n in counted.items():
+            self.metrics.events.labels(connector, typ, outcome).inc(n)
+        for w in works:
+            if w.dead:
+                for d in w.dead:
+                    self.metrics.dead_letters.labels(d.connector).inc()
+        for lkey in changes.levels:
+            lvl = self.ledger.levels[lkey]
+            if lvl.on_hand < 0:
+                if lkey not in self.oversold:
+                    self.oversold.add(lkey)
+                    log.warning("oversold: on-hand below zero, published as 0",
+                                extra={"location": lkey[1], "on_hand": lvl.on_hand})
+            else:
+                self.oversold.discard(lkey)
+        for kind, old, new in changes.transitions:
+            if kind == "hold":
+                if old is not None:
+                    self.hold_states[old] -= 1
+                self.hold_states[new] += 1
+                if new == "expired":
+                    self.metrics.holds_expired.inc()
+        for r in changes.reservations.values():
+            for listener in self.reservation_listeners:
+                try:
+                    listener(r)
+                except Exception:
+                    log.exception("reservation listener failed")
+            if r.state not in OPEN_STATES:
+                self.ledger.reservations.pop(r.res_id, None)
+        self._publish_gauges()
+        for w, out in zip(works, verdicts, strict=False):
+            if w.future is not None and not w.future.done():
+                w.future.set_result(out)
+
+    def _publish_gauges(self) -> None:
+        self.metrics.oversold.set(len(self.oversold))
+        for state in ("held", "collected", "released", "expired"):
+            self.metrics.holds.labels(state).set(self.hold_states.get(state, 0))
+        for ch in self.ledger.config.channels:
+            self.metrics.outbox_pending.labels(ch).set(self.outbox.pending_count(ch))
+
+    def _due_expiries(self, now: int) -> list[Event]:
+        out = []
+        for typ, r in list(self.ledger.due_expiries(now)):
+            out.append(Event(
+                connector=SYSTEM_CONNECTOR, event_id=f"{r.res_id}:expire", type=typ,
+                sku=r.sku, qty=r.qty, occurred_at=now, location=r.location, hold_id=r.res_id,
+            ))
+        return out
+
+    async def _recompute_all(self) -> None:
+        """Recompute every channel figure and commit what moved (start, reload)."""
+        self._recompute_pending = True
+        changes = Changes()
+        staged = _Staged()
+        now = self.clock()
+        self._stage_figures(changes, staged, now)
+        rows = self._outbox_rows(staged, now)
+        for i in range(0, len(rows), 20_000):
+            async with self.db.begin() as conn:
+                await repo.upsert_outbox(conn, rows[i : i + 20_000])
+        self._after_commit([], [], changes, staged, {}, Counter(), now)
+
+    async def _persist_only(self) -> None:
+        rows = self._outbox_rows(_Staged(), self.clock())
+        async with self.db.begin() as conn:
+            await repo.upsert_outbox(conn, rows)
+
+    # -- failure --------------------------------------------------------------------------------
+
+    async def _fail(self, works: list[_Work], exc: BaseException) -> None:
+        """Nothing of the batch is committed: reload what it touched, tell the sources."""
+        self.outbox.dirty |= self._dirty_snapshot
+        keys: set[tuple[str, str]] = set()
+        res_ids: set[str] = set()
+        for w in works:
+            for ev in w.events:
+                if ev.location:
+                    keys.add((ev.sku, ev.location))
+                if ev.channel:
+                    ch = self.ledger.config.channels.get(ev.channel)
+                    for loc in ch.sells_from if ch else ():
+                        keys.add((ev.sku, loc))
+                rid = _res_id_of(ev)
+                if rid:
+                    res_ids.add(rid)
+        for key in keys:
+            for r in list(self.ledger.open.get(key, {}).values()):
+                res_ids.add(r.res_id)
+        await self._restore(keys, res_ids)
+        for w in works:
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(_CommitFailed(exc))
+            if w.inbound is not None and w.inbound.on_failure is not None:
+                await _call(w.inbound.on_failure, exc)
+
+    async def _restore(self, keys: set[tuple[str, str]], res_ids: set[str]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.db.connect() as conn:
+                    levels = await repo.load_levels(conn, keys)
+                    stored = await repo.load_reservations(conn, ids=sorted(res_ids))
+                break
+            except Exception as exc:
+                log.error("cannot reload state from the database, retrying: %s", _brief(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for key in keys:
+            if key in levels:
+                self.ledger.levels[key] = levels[key]
+            else:
+                self.ledger.levels.pop(key, None)
+        found = {r.res_id for r in stored}
+        for rid in res_ids - found:
+            self.ledger.forget(rid)
+        for r in stored:
+            self.ledger.forget(r.res_id)
+            self.ledger.load_reservation(r)
+
+
+class _CommitFailed(RuntimeError):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"could not commit: {_brief(cause)}")
+        self.cause = cause
+
+
+def _res_id_of(ev: Event) -> str:
+    if ev.type is EventType.ORDER and ev.channel and ev.order_id:
+        return order_res_id(ev.channel, ev.order_id, ev.sku)
+    return ev.hold_id or ""
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+async def _call(fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("acknowledgement callback failed")

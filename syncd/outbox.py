@@ -1,0 +1,176 @@
+"""The outbox in memory: the desired quantity of every channel × SKU [× location].
+
+The engine owns the desired side (`desired`, `version`, `committed_at`) and changes it only after
+the commit that made it durable. The channel's pusher owns the pushed side (`pushed`,
+`pushed_version`, `remote`, `state`, `attempts`, `last_error`, `next_attempt_at`). A row is pending
+while `pushed_version != version`. Coalescing is free: a row holds one desired value, so a channel
+that was down for an hour gets one current value per SKU, not an hour of history.
+
+Rows whose pushed side changed are put in `dirty`; the engine writes them in its next commit, so
+SQLite keeps a single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable
+
+from connectors.base import PushItem
+
+from .metrics import Metrics
+from .store.repository import OutboxRow
+
+__all__ = ["OKey", "Outbox", "OutboxRow", "idempotency_key"]
+
+OKey = tuple[str, str, str]  # (channel, sku, channel-side location)
+
+
+def _noop() -> None:
+    return None
+
+
+def idempotency_key(channel: str, sku: str, location: str, version: int) -> str:
+    """Stable across retries of the same version, different for every new version."""
+    raw = f"{channel}\x1f{sku}\x1f{location}\x1f{version}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+class Outbox:
+    def __init__(self, metrics: Metrics, rows: dict[OKey, OutboxRow] | None = None) -> None:
+        self.metrics = metrics
+        self.rows: dict[OKey, OutboxRow] = rows if rows is not None else {}
+        self.pending: dict[str, dict[tuple[str, str], None]] = {}
+        self.dirty: set[OKey] = set()
+        self._wake: dict[str, asyncio.Event] = {}
+        for key, row in self.rows.items():
+            if row.pending:
+                self.pending.setdefault(key[0], {})[(key[1], key[2])] = None
+        # called when the pushed side changed, so the engine persists it soon
+        self.on_dirty: Callable[[], None] = _noop
+
+    def wake_event(self, channel: str) -> asyncio.Event:
+        ev = self._wake.get(channel)
+        if ev is None:
+            ev = self._wake[channel] = asyncio.Event()
+            if self.pending.get(channel):
+                ev.set()
+        return ev
+
+    def pending_count(self, channel: str) -> int:
+        return len(self.pending.get(channel, ()))
+
+    def _mark_pending(self, key: OKey) -> None:
+        self.pending.setdefault(key[0], {})[(key[1], key[2])] = None
+
+    # -- engine side (after commit) -------------------------------------------------------------
+
+    def commit_desired(self, key: OKey, desired: int, version: int, committed_at: int) -> None:
+        row = self.rows.get(key)
+        if row is None:
+            self.rows[key] = OutboxRow(desired=desired, version=version,
+                                       committed_at=committed_at, next_attempt_at=0)
+        else:
+            if row.pending:
+                self.metrics.coalesced.labels(key[0]).inc()
+            row.desired = desired
+            row.version = version
+            row.committed_at = committed_at
+            row.attempts = 0
+            row.next_attempt_at = 0
+            row.state = "pending"
+        self._mark_pending(key)
+
+    def force_repush(self, key: OKey, remote: int, committed_at: int) -> None:
+        """Drift: the channel shows `remote`; push the desired value again (rule 5)."""
+        row = self.rows.get(key)
+        if row is None:
+            return
+        row.remote = remote
+        row.pushed_version = -1
+        row.committed_at = committed_at
+        row.state = "pending"
+        row.attempts = 0
+        row.next_attempt_at = 0
+        self._mark_pending(key)
+        self.dirty.add(key)
+
+    def is_drift(self, key: OKey, shown: int) -> bool | None:
+        """Whether a channel showing `shown` has drifted; None when the key is unknown."""
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        return shown != row.desired and shown != row.pushed
+
+    def notify(self, channels: Iterable[str]) -> None:
+        for ch in channels:
+            self.wake_event(ch).set()
+
+    # -- pusher side ----------------------------------------------------------------------------
+
+    def take(self, channel: str, limit: int, now: int) -> tuple[list[PushItem], int | None]:
+        """Up to `limit` pending items that are due, and the earliest not-yet-due attempt time."""
+        keys = self.pending.get(channel)
+        items: list[PushItem] = []
+        later: int | None = None
+        if not keys:
+            return items, None
+        stale: list[tuple[str, str]] = []
+        for sku, loc in keys:
+            row = self.rows[(channel, sku, loc)]
+            if not row.pending:
+                stale.append((sku, loc))
+                continue
+            if row.next_attempt_at > now:
+                later = row.next_attempt_at if later is None else min(later, row.next_attempt_at)
+                continue
+            items.append(self.item(channel, sku, loc, row))
+            if len(items) >= limit:
+                break
+        for k in stale:
+            del keys[k]
+        return items, later
+
+    def item(self, channel: str, sku: str, loc: str, row: OutboxRow) -> PushItem:
+        return PushItem(
+            channel=channel, sku=sku, location=loc, desired=row.desired, version=row.version,
+            remote=row.remote,
+            idempotency_key=idempotency_key(channel, sku, loc, row.version),
+        )
+
+    def refresh(self, items: list[PushItem]) -> list[PushItem]:
+        """The same keys with their current desired values (a retry pushes the latest)."""
+        out = []
+        for it in items:
+            row = self.rows[(it.channel, it.sku, it.location)]
+            if row.pending:
+                out.append(self.item(it.channel, it.sku, it.location, row))
+        return out
+
+    def settle(self, item: PushItem, *, state: str, pushed: int | None, remote: int | None,
+               error: str | None, retry_at: int = 0) -> bool:
+        """Record a push result. Returns True when the row is no longer pending."""
+        key = (item.channel, item.sku, item.location)
+        row = self.rows[key]
+        self.dirty.add(key)
+        self.on_dirty()
+        if state in ("ok", "accepted", "failed"):
+            row.attempts = 0
+            row.next_attempt_at = 0
+            row.last_error = error
+            if state != "failed":
+                row.pushed = pushed
+                row.remote = remote
+            if row.version == item.version:
+                row.pushed_version = item.version
+                row.state = state
+                self.pending.get(item.channel, {}).pop((item.sku, item.location), None)
+                return True
+            return False
+        # transient or conflict: stays pending
+        row.attempts += 1
+        row.last_error = error
+        row.next_attempt_at = retry_at
+        if remote is not None:
+            row.remote = remote
+        return False
