@@ -150,15 +150,6 @@ class Engine:
         if self.outbox.dirty:
             await self._persist_only()
 
-    async def kill(self) -> None:
-        """Stop at once, mid-batch if need be (tests of crash safety)."""
-        self._accepting = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -272,18 +263,18 @@ class Engine:
             timeout = max(0.0, self._next_sweep - loop.time())
             getter = asyncio.ensure_future(self.queue.get())
             poker = asyncio.ensure_future(self._poke.wait())
-            done, _ = await asyncio.wait(
-                {getter, poker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            poker.cancel()
-            if getter in done:
-                works.append(getter.result())
-            else:
-                getter.cancel()
+            try:
+                await asyncio.wait(
+                    {getter, poker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                poker.cancel()
+                if not getter.done():
+                    getter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await getter
-                if not getter.cancelled() and getter.exception() is None:
-                    works.append(getter.result())
+                    await asyncio.gather(getter, poker, return_exceptions=True)
+            if getter.done() and not getter.cancelled():
+                works.append(getter.result())
         self._poke.clear()
         n = sum(len(w.events) for w in works)
         while n < self.max_batch:
@@ -429,8 +420,9 @@ class Engine:
         channels = self.ledger.config.channels
         if self._recompute_pending:
             self._recompute_pending = False
-            skus = {sku for sku, _ in self.ledger.levels}
-            touched.update((sku, name) for sku in skus for name in channels)
+            for sku, loc in self.ledger.levels:
+                for ch in self._channels_by_loc.get(loc, ()):
+                    touched.add((sku, ch.name))
         for sku, ch_name in touched:
             channel = channels.get(ch_name)
             if channel is None:

@@ -724,7 +724,12 @@ def find_prometheus() -> Path:
 
 
 class PrometheusServer(_Server):
-    """A private Prometheus scraping ``targets`` (``host:port``) every ``scrape_interval``."""
+    """A private Prometheus scraping ``targets`` (``host:port``) every ``scrape_interval``.
+
+    Ready in ~0.1 s, but Prometheus hands discovered targets to the scrape manager on a fixed
+    5 s tick, so the first sample of a target shows up ~5-6 s after ``start()``. Targets may
+    be down at start (a port you will listen on later): they are retried every interval.
+    """
 
     def __init__(
         self,
@@ -841,7 +846,10 @@ class PrometheusServer(_Server):
         return f"http://{self.host}:{self.port}"
 
     def set_targets(self, targets: Iterable[str], timeout: float = 10.0) -> None:
-        """Replace the scrape targets and reload the configuration."""
+        """Replace the scrape targets and reload the configuration (``/-/reload``).
+
+        As after ``start()``, Prometheus 2.42 applies new targets on a fixed 5 s tick.
+        """
         self.targets = list(targets)
         self._write_config()
         req = urllib.request.Request(f"{self.base_url}/-/reload", method="POST")
