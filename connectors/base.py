@@ -135,6 +135,8 @@ class ConnectorContext:
     reconcile_every: float = 900.0
     # the current availability of one SKU per location (for kiosk-style publishers)
     read_available: Callable[[str], Mapping[str, int]] | None = None
+    # the last committed `seq` of a source of this connector (gap detection), or None
+    last_seq: Callable[[str], int | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

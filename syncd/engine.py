@@ -39,7 +39,7 @@ from .outbox import OKey, Outbox
 from .reservations import OPEN_STATES, order_res_id
 from .store import repository as repo
 
-__all__ = ["COMMAND_TYPES", "Engine", "EngineStopped", "now_micros"]
+__all__ = ["COMMAND_TYPES", "CommitFailed", "Engine", "EngineStopped", "now_micros"]
 
 log = logging.getLogger("syncd.engine")
 
@@ -224,6 +224,15 @@ class Engine:
                 else:
                     chans[ch.name] = entry
         return {"sku": sku, "locations": locs, "channels": chans}
+
+    async def reservation(self, res_id: str) -> Reservation | None:
+        """A hold or order reservation, open (memory) or closed (database)."""
+        r = self.ledger.reservations.get(res_id)
+        if r is not None:
+            return r
+        async with self.db.connect() as conn:
+            found = await repo.load_reservations(conn, ids=[res_id])
+        return found[0] if found else None
 
     def available_by_location(self, sku: str) -> dict[str, int]:
         now = self.clock()
@@ -583,7 +592,7 @@ class Engine:
         await self._restore(keys, res_ids)
         for w in works:
             if w.future is not None and not w.future.done():
-                w.future.set_exception(_CommitFailed(exc))
+                w.future.set_exception(CommitFailed(exc))
             if w.inbound is not None and w.inbound.on_failure is not None:
                 await _call(w.inbound.on_failure, exc)
 
@@ -612,7 +621,7 @@ class Engine:
             self.ledger.load_reservation(r)
 
 
-class _CommitFailed(RuntimeError):
+class CommitFailed(RuntimeError):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"could not commit: {_brief(cause)}")
         self.cause = cause
