@@ -10,7 +10,7 @@ published(sku, ch) = clamp(floor(pool * ch.allocation) - ch.safety_stock, 0, ch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from .model import Channel
 
@@ -46,18 +46,23 @@ def channel_figures(
     avails: Mapping[str, int],
     foreign_reserved: Mapping[str, int] | None = None,
     on_hand: Mapping[str, int] | None = None,
+    only: Collection[str] | None = None,
 ) -> ChannelFigures:
     """Every figure a channel publishes for one SKU.
 
     `avails` maps each location of `channel.sells_from` to `avail(sku, loc)`. A channel with a
     `location_map` (or `per_location`) publishes `max(0, avail)` per location instead of one pooled
     figure. With `basis == "on_hand_less_foreign"` (Vendure, which subtracts its own allocations)
-    each location publishes on-hand minus the reservations held by *other* channels.
+    each location publishes on-hand minus the reservations held by *other* channels. With
+    `only`, a per-location channel returns only the figures of those locations (the others
+    did not move).
     """
     if channel.basis == "on_hand_less_foreign":
         if on_hand is None or foreign_reserved is None:
             raise ValueError("on_hand_less_foreign needs on_hand and foreign_reserved")
         keys = dict(channel.location_map) or {loc: loc for loc in channel.sells_from}
+        if only is not None:
+            keys = {loc: remote for loc, remote in keys.items() if loc in only}
         return {
             remote: min(max(0, on_hand.get(loc, 0) - foreign_reserved.get(loc, 0)),
                         channel.max_quantity)
@@ -67,11 +72,13 @@ def channel_figures(
         return {
             remote: min(max(0, avails.get(loc, 0)), channel.max_quantity)
             for loc, remote in channel.location_map
+            if only is None or loc in only
         }
     if channel.per_location:
         return {
             loc: min(max(0, avails.get(loc, 0)), channel.max_quantity)
             for loc in channel.sells_from
+            if only is None or loc in only
         }
     total = pool(avails.get(loc, 0) for loc in channel.sells_from)
     return {

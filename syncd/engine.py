@@ -54,6 +54,9 @@ COMMAND_TYPES = frozenset(
     }
 )
 SYSTEM_CONNECTOR = "syncd"
+_APPLIED = Outcome.APPLIED.value
+_ORDER = EventType.ORDER
+_CHANNEL_LEVEL = EventType.CHANNEL_LEVEL
 
 
 def now_micros() -> int:
@@ -90,6 +93,7 @@ class Engine:
         max_batch: int = 2000,
         queue_size: int = 1000,
         sweep_every: float = 1.0,
+        outbox_flush_every: float = 1.0,
         clock: Callable[[], int] = now_micros,
     ) -> None:
         self.db = db
@@ -98,6 +102,8 @@ class Engine:
         self.outbox = Outbox(metrics)
         self.max_batch = max_batch
         self.sweep_every = sweep_every
+        self.outbox_flush_every = outbox_flush_every
+        self._next_flush = 0.0
         self.clock = clock
         self.queue: asyncio.Queue[_Work] = asyncio.Queue(maxsize=queue_size)
         self.last_seq: dict[tuple[str, str], int] = {}
@@ -303,54 +309,77 @@ class Engine:
         changes = Changes()
         staged = _Staged()
         verdicts: list[list[Verdict]] = []
-        event_rows: list[dict[str, Any]] = []
+        command_rows: list[dict[str, Any]] = []
+        fixes: list[tuple[str, str | None, str, str]] = []
         counted: Counter[tuple[str, str, str]] = Counter()
         seqs: dict[tuple[str, str], int] = {}
+        last_seq = self.last_seq
+        apply = self.ledger.apply
 
         sweep: list[Event] = []
         if loop.time() >= self._next_sweep:
             self._next_sweep = loop.time() + self.sweep_every
             sweep = self._due_expiries(now)
-        all_events = [ev for w in works for ev in w.events] + sweep
+        if sweep:
+            works = [*works, _Work(sweep)]
+        flush = loop.time() >= self._next_flush
+        if flush:
+            self._next_flush = loop.time() + self.outbox_flush_every
 
         async with self.db.begin() as conn:
-            dupes = await self._duplicates(conn, all_events)
-            await self._prefetch(conn, all_events)
+            # rule 1: claiming the ledger rows is the deduplication (unique connector+event_id)
+            claim: list[dict[str, Any]] = []
             seen: set[tuple[str, str]] = set()
-            for w in [*works, _Work(sweep)]:
+            for w in works:
+                for ev in w.events:
+                    if ev.type not in COMMAND_TYPES:
+                        ident = (ev.connector, ev.event_id)
+                        if ident not in seen:
+                            seen.add(ident)
+                            claim.append(repo.event_row(ev, now, _APPLIED, ""))
+            fresh = await repo.claim_events(conn, claim)
+            await self._prefetch(conn, [ev for w in works for ev in w.events])
+            for w in works:
                 out: list[Verdict] = []
                 for ev in w.events:
+                    typ = ev.type
+                    is_command = typ in COMMAND_TYPES
                     ident = (ev.connector, ev.event_id)
-                    if ident in dupes or ident in seen:
+                    if not is_command and ident not in fresh:
                         v = Verdict(Outcome.DUPLICATE)
-                        if ev.type in COMMAND_TYPES or ev.type is EventType.ORDER:
+                        if typ is _ORDER:
                             v.reservation = self.ledger.reservations.get(_res_id_of(ev))
-                    elif ev.type is EventType.CHANNEL_LEVEL:
-                        v = self._judge_drift(ev, staged)
                     else:
-                        v = self.ledger.apply(ev, now, changes)
-                    if v.outcome is not Outcome.DUPLICATE:
-                        seen.add(ident)
-                        if ev.type not in COMMAND_TYPES or v.outcome is Outcome.APPLIED:
-                            event_rows.append(repo.event_row(ev, now, v.outcome.value, v.reason))
-                    if ev.source is not None and ev.seq is not None:
+                        fresh.discard(ident)  # a repeat later in this batch is a duplicate
+                        if typ is _CHANNEL_LEVEL:
+                            v = self._judge_drift(ev, staged)
+                        else:
+                            v = apply(ev, now, changes)
+                        if is_command:
+                            if v.outcome is Outcome.APPLIED:
+                                command_rows.append(repo.event_row(ev, now, _APPLIED, ""))
+                        elif v.outcome is not Outcome.APPLIED:
+                            fixes.append((v.outcome.value, v.reason or None, *ident))
+                    if ev.seq is not None and ev.source is not None:
                         skey = (ev.connector, ev.source)
-                        if ev.seq > seqs.get(skey, self.last_seq.get(skey, -1)):
+                        if ev.seq > seqs.get(skey, last_seq.get(skey, -1)):
                             seqs[skey] = ev.seq
-                    counted[(ev.connector, ev.type.value, v.outcome.value)] += 1
+                    counted[(ev.connector, typ.value, v.outcome.value)] += 1
                     out.append(v)
                 verdicts.append(out)
 
             self._stage_figures(changes, staged, now)
-            await repo.insert_events(conn, event_rows)
+            await repo.set_outcomes(conn, fixes)
+            await repo.insert_events(conn, command_rows)
+            levels = self.ledger.levels
             await repo.upsert_levels(conn, [
-                repo.level_row(sku, loc, self.ledger.levels[(sku, loc)])
-                for sku, loc in changes.levels
+                repo.level_row(sku, loc, levels[(sku, loc)]) for sku, loc in changes.levels
             ])
             await repo.upsert_reservations(
                 conn, [repo.reservation_row(r) for r in changes.reservations.values()]
             )
-            await repo.upsert_outbox(conn, self._outbox_rows(staged, now))
+            if flush:
+                await repo.upsert_outbox(conn, self._outbox_rows())
             await repo.insert_dead_letters(conn, [
                 {"connector": d.connector, "origin": d.origin[:255], "reason": d.reason,
                  "payload": d.payload, "received_at": now}
@@ -361,10 +390,11 @@ class Engine:
                 for (c, s), q in seqs.items()
             ])
         # committed: from here on, tell everyone
+        self._flushed = set()
         self._after_commit(works, verdicts, changes, staged, seqs, counted, now)
         elapsed = time.perf_counter() - started
         self.metrics.batch_apply.observe(elapsed)
-        self.metrics.batch_size.observe(len(all_events))
+        self.metrics.batch_size.observe(sum(len(w.events) for w in works))
         self.batches += 1
         if not self.db_ok:
             log.info("database writes succeed again")
@@ -373,17 +403,6 @@ class Engine:
         for w in works:
             if w.inbound is not None and w.inbound.on_commit is not None:
                 await _call(w.inbound.on_commit)
-
-    async def _duplicates(self, conn: Any, evs: Iterable[Event]) -> set[tuple[str, str]]:
-        by_connector: dict[str, list[str]] = {}
-        for ev in evs:
-            if ev.type not in COMMAND_TYPES:
-                by_connector.setdefault(ev.connector, []).append(ev.event_id)
-        found: set[tuple[str, str]] = set()
-        for connector, ids in by_connector.items():
-            for eid in await repo.existing_event_ids(conn, connector, ids):
-                found.add((connector, eid))
-        return found
 
     async def _prefetch(self, conn: Any, evs: Iterable[Event]) -> None:
         """Load the closed reservations that this batch's commands name (idempotency)."""
@@ -407,75 +426,62 @@ class Engine:
             return Verdict(Outcome.DRIFT, f"channel shows {ev.qty}")
         return Verdict(Outcome.APPLIED)
 
-    def _figures(self, ch: Channel, sku: str, now: int) -> dict[str, int]:
+    def _figures(self, ch: Channel, sku: str, now: int,
+                 only: set[str] | None = None) -> dict[str, int]:
+        """The channel's figures for one SKU; with `only`, a per-location channel computes
+        just those locations."""
         ledger = self.ledger
-        avails = {loc: ledger.avail(sku, loc, now) for loc in ch.sells_from
-                  if loc in ledger.config.locations}
+        per_loc = bool(ch.location_map) or ch.per_location or ch.basis != "available"
+        locs = [loc for loc in ch.sells_from if loc in ledger.config.locations
+                and (only is None or not per_loc or loc in only)]
+        avails = {loc: ledger.avail(sku, loc, now) for loc in locs}
         if ch.basis == "on_hand_less_foreign":
             on_hand = {loc: (lv.on_hand if (lv := ledger.levels.get((sku, loc))) else 0)
-                       for loc in ch.sells_from}
+                       for loc in locs}
             foreign = {loc: ledger.reserved(sku, loc, now, only_foreign_to=ch.name)
-                       for loc in ch.sells_from}
-            return availability.channel_figures(ch, avails, foreign, on_hand)
-        return availability.channel_figures(ch, avails)
+                       for loc in locs}
+            return availability.channel_figures(ch, avails, foreign, on_hand,
+                                                 only=only if per_loc else None)
+        return availability.channel_figures(ch, avails, only=only if per_loc else None)
 
     def _stage_figures(self, changes: Changes, staged: _Staged, now: int) -> None:
-        touched: set[tuple[str, str]] = set()  # (sku, channel)
+        # (sku, channel) -> the locations that moved
+        touched: dict[tuple[str, str], set[str]] = {}
         keys = set(changes.levels)
         keys.update((r.sku, r.location) for r in changes.reservations.values())
-        for sku, loc in keys:
-            for ch in self._channels_by_loc.get(loc, ()):
-                touched.add((sku, ch.name))
-        channels = self.ledger.config.channels
         if self._recompute_pending:
             self._recompute_pending = False
-            for sku, loc in self.ledger.levels:
-                for ch in self._channels_by_loc.get(loc, ()):
-                    touched.add((sku, ch.name))
-        for sku, ch_name in touched:
+            keys.update(self.ledger.levels)
+        by_loc = self._channels_by_loc
+        for sku, loc in keys:
+            for ch in by_loc.get(loc, ()):
+                touched.setdefault((sku, ch.name), set()).add(loc)
+        channels = self.ledger.config.channels
+        rows = self.outbox.rows
+        for (sku, ch_name), locs in touched.items():
             channel = channels.get(ch_name)
             if channel is None:
                 continue
-            for remote_loc, qty in self._figures(channel, sku, now).items():
+            for remote_loc, qty in self._figures(channel, sku, now, locs).items():
                 key = (ch_name, sku, remote_loc)
-                row = self.outbox.rows.get(key)
+                row = rows.get(key)
                 if row is None:
                     staged.desired[key] = (qty, 1)
                 elif row.desired != qty:
                     staged.desired[key] = (qty, row.version + 1)
 
-    def _outbox_rows(self, staged: _Staged, now: int) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        written: set[OKey] = set()
-        for key, (desired, version) in staged.desired.items():
-            cur = self.outbox.rows.get(key)
-            row = repo.OutboxRow(desired=desired, version=version, committed_at=now)
-            if cur is not None:
-                row = repo.OutboxRow(
-                    desired=desired, version=version, committed_at=now, pushed=cur.pushed,
-                    pushed_version=cur.pushed_version, remote=cur.remote, state="pending",
-                    attempts=0, last_error=cur.last_error, next_attempt_at=0,
-                )
-            rows.append(repo.outbox_row(key, row))
-            written.add(key)
-        for key, shown in staged.drift.items():
-            cur = self.outbox.rows[key]
-            if key in written:
-                continue
-            row = repo.OutboxRow(
-                desired=cur.desired, version=cur.version, committed_at=now, pushed=cur.pushed,
-                pushed_version=-1, remote=shown, state="pending", attempts=0,
-                last_error=cur.last_error, next_attempt_at=0,
-            )
-            rows.append(repo.outbox_row(key, row))
-            written.add(key)
-        self._dirty_snapshot = self.outbox.dirty
-        self.outbox.dirty = set()
-        for key in self._dirty_snapshot - written:
-            rows.append(repo.outbox_row(key, self.outbox.rows[key]))
-        return rows
+    def _outbox_rows(self) -> list[dict[str, Any]]:
+        """The outbox rows changed since the last flush (desired and pushed sides).
 
-    _dirty_snapshot: set[OKey] = set()  # noqa: RUF012 - replaced per batch
+        The desired side is derived state (recomputed from the ledger at every start), so it is
+        written at most every `outbox_flush_every` seconds rather than in every batch: a crash
+        loses nothing. The pushed side says what each channel was last given."""
+        self._flushed = self.outbox.dirty
+        self.outbox.dirty = set()
+        rows = self.outbox.rows
+        return [repo.outbox_row(key, rows[key]) for key in self._flushed]
+
+    _flushed: set[OKey] = set()  # noqa: RUF012 - replaced per flush
 
     def _after_commit(
         self,
@@ -492,11 +498,11 @@ class Engine:
         for key, (desired, version) in staged.desired.items():
             ob.commit_desired(key, desired, version, now)
             channels.add(key[0])
+        ob.dirty.update(staged.desired)
         for key, shown in staged.drift.items():
             ob.force_repush(key, shown, now)
             self.metrics.drift.labels(key[0]).inc()
             channels.add(key[0])
-        ob.dirty -= self._dirty_snapshot - set(staged.drift)
         ob.notify(channels)
         self.last_seq.update(seqs)
         for (connector, typ, outcome), n in counted.items():
@@ -551,28 +557,26 @@ class Engine:
         return out
 
     async def _recompute_all(self) -> None:
-        """Recompute every channel figure and commit what moved (start, reload)."""
+        """Recompute every channel figure from the ledger (start, reload) and persist it."""
         self._recompute_pending = True
         changes = Changes()
         staged = _Staged()
         now = self.clock()
         self._stage_figures(changes, staged, now)
-        rows = self._outbox_rows(staged, now)
+        self._after_commit([], [], changes, staged, {}, Counter(), now)
+        await self._persist_only()
+
+    async def _persist_only(self) -> None:
+        rows = self._outbox_rows()
         for i in range(0, len(rows), 20_000):
             async with self.db.begin() as conn:
                 await repo.upsert_outbox(conn, rows[i : i + 20_000])
-        self._after_commit([], [], changes, staged, {}, Counter(), now)
-
-    async def _persist_only(self) -> None:
-        rows = self._outbox_rows(_Staged(), self.clock())
-        async with self.db.begin() as conn:
-            await repo.upsert_outbox(conn, rows)
 
     # -- failure --------------------------------------------------------------------------------
 
     async def _fail(self, works: list[_Work], exc: BaseException) -> None:
         """Nothing of the batch is committed: reload what it touched, tell the sources."""
-        self.outbox.dirty |= self._dirty_snapshot
+        self.outbox.dirty |= self._flushed
         keys: set[tuple[str, str]] = set()
         res_ids: set[str] = set()
         for w in works:

@@ -1,0 +1,158 @@
+"""Engine throughput: events per second through the in-process engine on SQLite.
+
+Realistic POS traffic (sales, returns, adjustments and counts over many SKUs and stores, in
+deliveries of 100 events as a POS batch message would carry) is submitted to a real Engine on a
+file-backed SQLite database (WAL, synchronous=NORMAL) with two channels to publish. Measured from
+the first submit to the last commit. Also measures the raw sqlite3 group-commit ceiling (the same
+rows inserted with executemany, one transaction per 2,000) for comparison.
+
+    python bench/engine.py [--events 200000] [--runs 5] [--write]
+
+`--write` records the medians in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from bench.common import machine, record  # noqa: E402
+from connectors.base import Inbound  # noqa: E402
+from syncd.engine import Engine  # noqa: E402
+from syncd.ledger import LedgerConfig  # noqa: E402
+from syncd.metrics import Metrics  # noqa: E402
+from syncd.model import Channel, Event, EventType, Location  # noqa: E402
+from syncd.store import open_engine, sqlite_url, upgrade  # noqa: E402
+
+T0 = 1_795_428_000_000_000
+STORES = [f"store-{i:02d}" for i in range(10)]
+
+
+def config() -> LedgerConfig:
+    locations = {s: Location(s, "store", "pos", safety_stock=1, pickup=True) for s in STORES}
+    locations["dc"] = Location("dc", "warehouse", "wms")
+    channels = {
+        "web": Channel("web", "shop", ("dc", *STORES[:3]), safety_stock=2, max_quantity=10_000),
+        "kiosk": Channel("kiosk", "pos", tuple(STORES), per_location=True),
+    }
+    return LedgerConfig(locations=locations, channels=channels)
+
+
+def traffic(n: int, skus: int, seed: int) -> list[list[Event]]:
+    """`n` events; the first ones are opening counts, so stock is rarely below zero."""
+    rnd = random.Random(seed)
+    kinds = [EventType.SALE] * 80 + [EventType.RETURN] * 8 + [EventType.ADJUST] * 4 + [
+        EventType.RECEIPT] * 4 + [EventType.COUNT] * 4
+    out: list[Event] = []
+    for i in range(n):
+        kind = rnd.choice(kinds) if i >= skus else EventType.COUNT
+        qty = rnd.randint(20, 60) if kind is EventType.COUNT else rnd.randint(1, 3)
+        if kind is EventType.ADJUST:
+            qty = rnd.choice((-2, -1, 1, 2))
+        store = rnd.choice(STORES)
+        out.append(Event(
+            connector="pos", event_id=f"{store}-{i:09d}", type=kind,
+            sku=f"SKU-{(i if i < skus else rnd.randrange(skus)):06d}", qty=qty, occurred_at=T0 + i * 1000,
+            location=store, source=f"{store}-T1", seq=i,
+        ))
+    return [out[i : i + 100] for i in range(0, n, 100)]
+
+
+async def run_engine(batches: list[list[Event]], state: Path) -> float:
+    db = open_engine(sqlite_url(state))
+    await upgrade(db)
+    engine = Engine(db, config(), Metrics(CollectorRegistry()), max_batch=2000)
+    await engine.start()
+    done = asyncio.Event()
+    remaining = [len(batches)]
+
+    def ack() -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            done.set()
+
+    t0 = time.perf_counter()
+    for b in batches:
+        await engine.submit(Inbound(b, on_commit=ack))
+    await done.wait()
+    elapsed = time.perf_counter() - t0
+    await engine.stop()
+    await db.dispose()
+    return elapsed
+
+
+def sqlite_ceiling(batches: list[list[Event]], state: Path) -> float:
+    con = sqlite3.connect(state / "raw.db", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, connector TEXT, event_id TEXT, "
+                "type TEXT, sku TEXT, location TEXT, qty INTEGER, occurred_at INTEGER, "
+                "UNIQUE (connector, event_id))")
+    rows = [(e.connector, e.event_id, e.type.value, e.sku, e.location, e.qty, e.occurred_at)
+            for b in batches for e in b]
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), 2000):
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO events (connector, event_id, type, sku, location, qty, "
+                        "occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows[i : i + 2000])
+        con.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    con.close()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--skus", type=int, default=20_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--write", action="store_true", help="record the figures in BENCHMARKS.md")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    print(machine())
+    engine_rates, raw_rates = [], []
+    for run in range(args.runs):
+        batches = traffic(args.events, args.skus, seed=run)
+        with tempfile.TemporaryDirectory() as d:
+            elapsed = asyncio.run(run_engine(batches, Path(d)))
+            raw = sqlite_ceiling(batches, Path(d))
+        engine_rates.append(args.events / elapsed)
+        raw_rates.append(args.events / raw)
+        print(f"run {run + 1}: engine {engine_rates[-1]:,.0f} events/s, "
+              f"raw sqlite3 ceiling {raw_rates[-1]:,.0f} events/s")
+    med, raw_med = statistics.median(engine_rates), statistics.median(raw_rates)
+    lines = [
+        f"Command: `python bench/engine.py --events {args.events} --skus {args.skus} "
+        f"--runs {args.runs} --write`",
+        "",
+        machine(),
+        "",
+        "| measure | median of runs | runs |",
+        "|---|---|---|",
+        f"| engine, SQLite, batches of 100 events | **{med:,.0f} events/s** | "
+        + ", ".join(f"{r:,.0f}" for r in engine_rates) + " |",
+        f"| raw sqlite3 group commit (ceiling) | {raw_med:,.0f} events/s | "
+        + ", ".join(f"{r:,.0f}" for r in raw_rates) + " |",
+        f"| engine / ceiling | {med / raw_med:.0%} | |",
+        "",
+        "Target: ≥ 50,000 events/s.",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        record("Engine throughput (bench/engine.py)", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Pushers against a channel at the transport seam: coalescing, batching, retries with backoff,
+permanent failures, compare-and-set conflicts, drift, reconciliation and restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from syncd.engine import Engine
+from syncd.model import EventType, Outcome
+from syncd.push import Pusher
+from syncd.store import sqlite_url
+from tests.core import T0, FakeChannel, ev, running_engine
+
+E = EventType
+
+
+@asynccontextmanager
+async def pushing(
+    tmp_path: Path, channel: FakeChannel | None = None, **kw: object
+) -> AsyncIterator[tuple[Engine, FakeChannel, Pusher]]:
+    shop = channel or FakeChannel()
+    async with running_engine(sqlite_url(tmp_path)) as engine:
+        pusher = Pusher("web", shop, engine.outbox, engine.metrics,  # type: ignore[arg-type]
+                        engine.clock, backoff=0.01, max_backoff=0.05, **kw)  # type: ignore[arg-type]
+        pusher.start()
+        try:
+            yield engine, shop, pusher
+        finally:
+            await pusher.stop()
+
+
+async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def counts(n: int, qty: int = 10, prefix: str = "S") -> list[object]:
+    return [ev(E.COUNT, sku=f"{prefix}{i}", qty=qty, location="lyon", connector="wms",
+               event_id=f"c-{prefix}{i}-{qty}") for i in range(n)]
+
+
+async def test_published_figures_reach_the_channel(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as (engine, shop, _):
+        await engine.apply([ev(E.COUNT, qty=10, location="lyon", connector="wms"),
+                            ev(E.COUNT, qty=5, location="paris")])
+        # web: lyon 10 + paris (5 - safety 1) = 14, minus channel safety 2
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 12)
+        row = engine.outbox.rows[("web", "SKU-1", "")]
+        await until(lambda: not row.pending)
+        assert (row.pushed, row.state) == (12, "ok")
+
+
+async def test_batches_respect_the_connector_limit(tmp_path: Path) -> None:
+    async with pushing(tmp_path, FakeChannel(max_batch=100)) as (engine, shop, _):
+        await engine.apply(counts(450))  # type: ignore[arg-type]
+        await until(lambda: len(shop.shown) == 450)
+        assert max(len(c) for c in shop.calls) == 100
+        assert len(shop.calls) == 5
+
+
+async def test_a_channel_that_was_down_gets_one_current_value_per_sku(tmp_path: Path) -> None:
+    shop = FakeChannel()
+    shop.gate = asyncio.Event()  # the channel hangs
+    async with pushing(tmp_path, shop) as (engine, _, _):
+        await engine.apply([ev(E.COUNT, qty=100, location="lyon", connector="wms")])
+        await asyncio.sleep(0.05)
+        for i in range(50):
+            await engine.apply([ev(E.SALE, qty=1, location="lyon", connector="wms",
+                                   at=T0 + 1 + i)])
+        shop.gate.set()
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 100 - 50 - 2)
+        await until(lambda: not engine.outbox.rows[("web", "SKU-1", "")].pending)
+        pushed = [it.desired for call in shop.calls for it in call]
+        assert pushed == [98, 48]  # the in-flight value, then only the latest one
+        assert engine.metrics.coalesced.labels("web")._value.get() >= 49
+
+
+async def test_transient_failures_are_retried_with_the_same_idempotency_key(
+    tmp_path: Path,
+) -> None:
+    shop = FakeChannel()
+    shop.fail_next = 3
+    async with pushing(tmp_path, shop) as (engine, _, pusher):
+        await engine.apply([ev(E.COUNT, qty=10, location="lyon", connector="wms")])
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 8)
+        assert len(shop.calls) == 4
+        assert pusher.retries == 3
+        keys = {it.idempotency_key for call in shop.calls for it in call}
+        assert len(keys) == 1  # same version, same key
+        await engine.apply([ev(E.SALE, qty=1, location="lyon", connector="wms", at=T0 + 5)])
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 7)
+        assert shop.calls[-1][0].idempotency_key not in keys  # a new version, a new key
+
+
+async def test_a_permanent_failure_is_recorded_and_blocks_no_other_sku(tmp_path: Path) -> None:
+    shop = FakeChannel()
+    shop.refuse = {"BAD"}
+    async with pushing(tmp_path, shop) as (engine, _, _):
+        await engine.apply([ev(E.COUNT, sku="BAD", qty=10, location="lyon", connector="wms"),
+                            ev(E.COUNT, sku="GOOD", qty=10, location="lyon", connector="wms")])
+        await until(lambda: shop.shown.get(("GOOD", "")) == 8)
+        bad = engine.outbox.rows[("web", "BAD", "")]
+        await until(lambda: bad.state == "failed")
+        assert bad.last_error == "unknown SKU"
+        assert not bad.pending  # not retried until a new value comes
+        await engine.stop()
+        async with engine.db.connect() as conn:
+            row = (await conn.exec_driver_sql(
+                "SELECT state, last_error FROM outbox WHERE sku = 'BAD'")).one()
+        assert tuple(row) == ("failed", "unknown SKU")
+
+
+async def test_compare_and_set_conflict_repushes_with_the_channel_value(tmp_path: Path) -> None:
+    shop = FakeChannel()
+    async with pushing(tmp_path, shop) as (engine, _, _):
+        await engine.apply([ev(E.COUNT, qty=10, location="lyon", connector="wms")])
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 8)
+        shop.shown[("SKU-1", "")] = 3  # someone changed it on the channel
+        shop.conflict_once.add(("SKU-1", ""))
+        await engine.apply([ev(E.SALE, qty=1, location="lyon", connector="wms", at=T0 + 5)])
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 7)
+        last_two = [call[0] for call in shop.calls[-2:]]
+        assert last_two[0].remote == 8  # what syncd last saw
+        assert last_two[1].remote == 3  # re-read from the conflict
+        assert engine.metrics.drift.labels("web")._value.get() == 1
+
+
+async def test_channel_drift_report_is_corrected(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as (engine, shop, _):
+        await engine.apply([ev(E.COUNT, qty=10, location="lyon", connector="wms")])
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 8)
+        await until(lambda: not engine.outbox.rows[("web", "SKU-1", "")].pending)
+        shop.shown[("SKU-1", "")] = 50
+        (v,) = await engine.apply([ev(E.CHANNEL_LEVEL, qty=50, location=None, connector="shop",
+                                      channel="web", remote_location="")])
+        assert v.outcome is Outcome.DRIFT
+        await until(lambda: shop.shown.get(("SKU-1", "")) == 8)
+        # reporting what was pushed is not drift
+        (v,) = await engine.apply([ev(E.CHANNEL_LEVEL, qty=8, location=None, connector="shop",
+                                      channel="web", remote_location="")])
+        assert v.outcome is Outcome.APPLIED
+
+
+async def test_reconciliation_finds_and_corrects_drift(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as (engine, shop, pusher):
+        await engine.apply(counts(20))  # type: ignore[arg-type]
+        await until(lambda: len(shop.shown) == 20)
+        await until(lambda: engine.outbox.pending_count("web") == 0)
+        shop.shown[("S3", "")] = 0
+        shop.shown[("S7", "")] = 99
+        assert await pusher.reconcile() == 2
+        await until(lambda: shop.shown[("S3", "")] == 8 and shop.shown[("S7", "")] == 8)
+        assert await pusher.reconcile() == 0
+
+
+async def test_pending_pushes_survive_a_restart(tmp_path: Path) -> None:
+    shop = FakeChannel()
+    shop.gate = asyncio.Event()
+    async with pushing(tmp_path, shop) as (engine, _, _):
+        await engine.apply(counts(30))  # type: ignore[arg-type]
+    # the channel never answered; a new process pushes what is pending
+    shop2 = FakeChannel()
+    async with pushing(tmp_path, shop2) as (engine, _, _):
+        await until(lambda: len(shop2.shown) == 30)
+        assert set(shop2.shown.values()) == {8}
