@@ -67,6 +67,7 @@ levels = Table(
     Column("reported_at", BigInteger),
     Column("tail", Text, nullable=False),  # JSON [[occurred_at, delta], ...]
     Column("version", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 reservations = Table(
@@ -104,6 +105,7 @@ outbox = Table(
     Column("attempts", Integer, nullable=False),
     Column("last_error", Text),
     Column("next_attempt_at", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 dead_letters = Table(
@@ -125,4 +127,5 @@ sources = Table(
     Column("source", String(128), primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )

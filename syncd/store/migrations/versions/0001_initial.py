@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("reported_at", sa.BigInteger),
         sa.Column("tail", sa.Text, nullable=False),
         sa.Column("version", sa.BigInteger, nullable=False),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "reservations",
@@ -82,6 +83,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("last_error", sa.Text),
         sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "dead_letters",
@@ -98,6 +100,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(128), primary_key=True),
         sa.Column("last_seq", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
+        sqlite_with_rowid=False,
     )
 
 
