@@ -26,15 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from bench.common import machine, record  # noqa: E402
-from connectors.base import Inbound  # noqa: E402
-from syncd.engine import Engine  # noqa: E402
-from syncd.ledger import LedgerConfig  # noqa: E402
-from syncd.metrics import Metrics  # noqa: E402
-from syncd.model import Channel, Event, EventType, Location  # noqa: E402
-from syncd.store import open_engine, sqlite_url, upgrade  # noqa: E402
+from bench.common import machine, record
+from connectors.base import Inbound
+from syncd.engine import Engine
+from syncd.ledger import LedgerConfig
+from syncd.metrics import Metrics
+from syncd.model import Channel, Event, EventType, Location
+from syncd.store import open_engine, sqlite_url, upgrade
 
 T0 = 1_795_428_000_000_000
 STORES = [f"store-{i:02d}" for i in range(10)]
@@ -64,7 +64,8 @@ def traffic(n: int, skus: int, seed: int) -> list[list[Event]]:
         store = rnd.choice(STORES)
         out.append(Event(
             connector="pos", event_id=f"{store}-{i:09d}", type=kind,
-            sku=f"SKU-{(i if i < skus else rnd.randrange(skus)):06d}", qty=qty, occurred_at=T0 + i * 1000,
+            sku=f"SKU-{(i if i < skus else rnd.randrange(skus)):06d}", qty=qty,
+            occurred_at=T0 + i * 1000,
             location=store, source=f"{store}-T1", seq=i,
         ))
     return [out[i : i + 100] for i in range(0, n, 100)]
