@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from .config import parse_duration
 from .engine import CommitFailed, EngineStopped
 from .model import Event, EventType, Outcome, Reservation, ReservationState, from_micros
-from .wire import MalformedMessage, parse_events
+from .wire import MalformedMessage, parse_api_events
 
 if TYPE_CHECKING:
     from .app import Daemon
@@ -119,20 +119,12 @@ async def status(request: web.Request) -> web.Response:
 async def post_events(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     engine = daemon.require_engine()
-    data = await read_json(request)
+    body = await request.read()
     try:
-        events = parse_events(data, connector=None, location=None,
-                              require_fields=("connector", "location"))
+        events = parse_api_events(body, daemon.config.locations, daemon.config.connectors)
     except MalformedMessage as exc:
-        return error(400, "bad_event", exc.reason)
-    known = daemon.config.connectors
-    for i, e in enumerate(events):
-        if e.connector not in known:
-            return error(400, "bad_event", f"events.{i}.connector: unknown connector "
-                                           f"{e.connector!r}")
-        if e.location not in daemon.config.locations:
-            return error(400, "bad_event", f"events.{i}.location: unknown location "
-                                           f"{e.location!r}")
+        code = "bad_request" if exc.reason.startswith(("not JSON", "not UTF-8")) else "bad_event"
+        return error(400, code, exc.reason)
     verdicts = await engine.apply(events)
     return web.json_response({"results": [
         {"event_id": e.event_id, "outcome": v.outcome.value, "reason": v.reason}

@@ -93,7 +93,7 @@ class Engine:
         max_batch: int = 2000,
         queue_size: int = 1000,
         sweep_every: float = 1.0,
-        outbox_flush_every: float = 1.0,
+        outbox_flush_every: float = 2.0,
         clock: Callable[[], int] = now_micros,
     ) -> None:
         self.db = db
@@ -432,8 +432,16 @@ class Engine:
         just those locations."""
         ledger = self.ledger
         per_loc = bool(ch.location_map) or ch.per_location or ch.basis != "available"
+        if not per_loc:  # the common case, without intermediate dicts
+            total = 0
+            for loc in ch.sells_from:
+                a = ledger.avail(sku, loc, now)
+                if a > 0:
+                    total += a
+            return {"": availability.published(total, ch.allocation, ch.safety_stock,
+                                                ch.max_quantity)}
         locs = [loc for loc in ch.sells_from if loc in ledger.config.locations
-                and (only is None or not per_loc or loc in only)]
+                and (only is None or loc in only)]
         avails = {loc: ledger.avail(sku, loc, now) for loc in locs}
         if ch.basis == "on_hand_less_foreign":
             on_hand = {loc: (lv.on_hand if (lv := ledger.levels.get((sku, loc))) else 0)

@@ -90,8 +90,11 @@ class Ledger:
         self, sku: str, location: str, now: int, only_foreign_to: str | None = None
     ) -> int:
         """Reservations counted at `now`; with `only_foreign_to`, those of other channels only."""
+        bucket = self.open.get((sku, location))
+        if not bucket:
+            return 0
         total = 0
-        for r in self.open.get((sku, location), {}).values():
+        for r in bucket.values():
             if only_foreign_to is not None and r.channel == only_foreign_to:
                 continue
             if r.counts_at(now):
@@ -99,10 +102,11 @@ class Ledger:
         return total
 
     def avail(self, sku: str, location: str, now: int) -> int:
-        lvl = self.levels.get((sku, location))
+        key = (sku, location)
+        lvl = self.levels.get(key)
         on_hand = lvl.on_hand if lvl is not None else 0
-        loc = self.config.locations[location]
-        return avail(on_hand, self.reserved(sku, location, now), loc.safety_stock)
+        reserved = self.reserved(sku, location, now) if key in self.open else 0
+        return avail(on_hand, reserved, self.config.locations[location].safety_stock)
 
     # -- loading -----------------------------------------------------------------------------
 

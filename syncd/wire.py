@@ -1,131 +1,322 @@
-"""The event JSON that POS terminals and other sources send (MQTT and `POST /v1/events`).
+"""The event JSON of syncd's own POS protocol (MQTT and `POST /v1/events`): bytes in, `Event`s
+out, or one clear reason why not.
 
-```json
-{"event_id": "T3-000123", "seq": 123, "source": "T3", "type": "sale", "sku": "SKU-1",
- "qty": 2, "occurred_at": "2026-11-23T10:00:00Z", "hold_id": null}
-```
+`parse_message` is a pure function (no I/O, no clock) so that it can be property-tested. A message
+is one event or `{"events": [...]}`; a single event is reported as `events.0` so that every reason
+names its field the same way: `events.2.qty: must be > 0 for sale`. A message with any bad event is
+refused whole: the caller dead-letters it and nothing of it is applied.
 
-One event, or `{"events": [...]}`. `qty` is >= 0 for `count`, > 0 for `sale` / `return` /
-`receipt` / `pickup`, and signed (non-zero) for `adjust`. `occurred_at` must carry a zone. A
-message with any bad event is refused whole, with a reason naming the field.
+Strings that would poison a later commit are refused here rather than in the database: lone
+surrogates (not encodable as UTF-8), control characters (PostgreSQL refuses NUL in text), values
+longer than their column, integers outside BIGINT.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from .model import Event, EventType, to_micros
+from .model import STOCK_TYPES, Event, EventType, to_micros
 
-__all__ = ["MAX_EVENTS", "MalformedMessage", "WireEvent", "parse_events"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "MAX_QTY",
+    "MAX_SEQ",
+    "POS_EVENT_TYPES",
+    "MalformedMessage",
+    "parse_api_events",
+    "parse_message",
+    "topic_sku",
+]
 
-MAX_EVENTS = 10_000
-Id = Annotated[StrictStr, Field(min_length=1, max_length=255)]
-STOCK = Literal["count", "sale", "return", "receipt", "adjust", "pickup"]
+DEFAULT_MAX_PAYLOAD: Final = 262_144
+MAX_SEQ: Final = 2**63 - 1  # BIGINT
+MAX_QTY: Final = 1_000_000_000  # no store holds a billion units of one SKU; sums stay in BIGINT
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+# what a POS may report: the stock facts of its own locations
+POS_EVENT_TYPES: Final = frozenset(t.value for t in STOCK_TYPES)
+_POSITIVE_TYPES: Final = frozenset({"sale", "return", "receipt", "pickup"})
 
 
 class MalformedMessage(ValueError):
-    """A message that cannot be applied; `reason` says why, naming the field."""
+    """A message that cannot be applied; `reason` says why, for the dead letter."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-class WireEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    event_id: Id
-    type: STOCK
-    sku: Id
-    qty: StrictInt
-    occurred_at: datetime
-    seq: Annotated[StrictInt, Field(ge=0)] | None = None
-    source: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
-    hold_id: Id | None = None
-    # only on POST /v1/events, where neither the topic nor the route names them
-    connector: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
-    location: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+def _quote(value: object, limit: int = 64) -> str:
+    """A user-supplied value for a reason: bounded, control characters escaped."""
+    text = value if isinstance(value, str) else str(value)
+    shown = repr(text[:limit])
+    return shown + ("…" if len(text) > limit else "")
 
 
-def _qty_problem(typ: str, qty: int) -> str | None:
-    if typ == "count" and qty < 0:
-        return "must be >= 0 for count"
-    if typ == "adjust" and qty == 0:
-        return "must not be 0 for adjust"
-    if typ not in ("count", "adjust") and qty <= 0:
-        return f"must be > 0 for {typ}"
-    return None
+# -- field validators --------------------------------------------------------------------------
 
 
-def _fmt(err: Any, prefix: str) -> str:
-    loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+def _clean_text(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # strict str validation reports the type
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("unicode", "must be valid Unicode (no lone surrogates)") from None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise PydanticCustomError("control_char", "must not contain control characters")
+    return value
+
+
+def _event_type(value: object) -> object:
+    if not isinstance(value, str):
+        raise PydanticCustomError("event_type", "must be a string")
+    if value not in POS_EVENT_TYPES:
+        raise PydanticCustomError(
+            "event_type", "unknown event type {name}", {"name": _quote(value)}
+        )
+    return value
+
+
+def _timestamp(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise PydanticCustomError("timestamp", "must be an ISO-8601 string")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "timestamp", "not an ISO-8601 timestamp: {value}", {"value": _quote(value)}
+        ) from None
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise PydanticCustomError("timestamp", "timestamp must carry a time zone")
+    if ts < _EPOCH:
+        raise PydanticCustomError("timestamp", "timestamp is before 1970")
+    return ts
+
+
+_Text255 = Annotated[str, Field(min_length=1, max_length=255), BeforeValidator(_clean_text)]
+_Text128 = Annotated[str, Field(min_length=1, max_length=128), BeforeValidator(_clean_text)]
+
+
+class _EventIn(BaseModel):
+    """One POS event, exactly these keys; `strict`: `"3"` is not an integer, `true` neither."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
+
+    event_id: _Text255
+    seq: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    source: _Text128 | None = None
+    type: Annotated[str, BeforeValidator(_event_type)]
+    sku: _Text255
+    qty: Annotated[int, Field(ge=-MAX_QTY, le=MAX_QTY)]
+    occurred_at: Annotated[datetime, BeforeValidator(_timestamp)]
+    hold_id: _Text255 | None = None
+
+
+# -- error reasons -----------------------------------------------------------------------------
+
+_PLAIN: Final = {
+    "missing": "is required",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "string_type": "must be a string",
+    "string_too_short": "must not be empty",
+    "model_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+}
+
+
+def _describe(err: ErrorDetails, prefix: str) -> str:
+    loc = [str(p) for p in err["loc"]]
     kind = err["type"]
-    if kind == "extra_forbidden":
-        msg = "unknown key"
-    elif kind == "missing":
-        msg = "required key missing"
-    elif kind == "literal_error" and err["loc"] and err["loc"][-1] == "type":
-        msg = f"unknown event type {err.get('input')!r}"[:120]
+    ctx: dict[str, Any] = dict(err.get("ctx") or {})
+    if kind == "extra_forbidden" and loc:
+        key = loc.pop()
+        message = f"unknown key {_quote(key)}"
+    elif kind in _PLAIN:
+        message = _PLAIN[kind]
+    elif kind == "greater_than_equal":
+        message = f"must be >= {ctx.get('ge')}"
+    elif kind == "less_than_equal":
+        message = f"must be <= {ctx.get('le')}"
+    elif kind == "string_too_long":
+        message = f"must be at most {ctx.get('max_length')} characters"
     else:
-        msg = err["msg"]
-    return f"{loc}: {msg}" if loc else msg
+        message = err["msg"]
+    path = ".".join([prefix, *loc])
+    return f"{path}: {message}"
 
 
-def parse_events(
-    payload: bytes | str | Any,
+def _reason(exc: ValidationError, prefix: str) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = _describe(errors[0], prefix)
+    more = len(errors) - 1
+    return first if not more else f"{first} (and {more} more problem{'s' * (more > 1)})"
+
+
+# -- JSON --------------------------------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {_quote(key)}")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _load(payload: bytes) -> Any:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage(f"not UTF-8: invalid byte at offset {exc.start}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
+    except _DuplicateKey as exc:
+        raise MalformedMessage(str(exc)) from None
+    except RecursionError:
+        raise MalformedMessage("not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, int digits limit
+        raise MalformedMessage(f"not JSON: {str(exc)[:200]}") from None
+
+
+# -- the message -------------------------------------------------------------------------------
+
+
+def parse_message(
+    topic_location: str,
+    payload: bytes,
+    known_locations: Collection[str],
     *,
-    connector: str | None,
-    location: str | None,
-    require_fields: tuple[str, ...] = (),
+    connector: str,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> list[Event]:
-    """Validate one message. `connector` / `location`, when given, come from the transport (the
-    topic); otherwise each event must carry its own. Raises `MalformedMessage`."""
-    if isinstance(payload, bytes | str):
-        try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedMessage(f"not JSON: {exc}"[:200]) from None
+    """The events of one message published on `{prefix}/pos/{topic_location}/events`.
+
+    Raises `MalformedMessage` (and nothing else) when any part of it is wrong."""
+    if len(payload) > max_payload:
+        raise MalformedMessage(f"payload of {len(payload)} bytes exceeds max_payload {max_payload}")
+    if topic_location not in known_locations:
+        raise MalformedMessage(f"unknown location {_quote(topic_location)}")
+    doc = _load(bytes(payload))
+    if isinstance(doc, dict) and "events" in doc:
+        extra = sorted(k for k in doc if k != "events")
+        if extra:
+            raise MalformedMessage(f"unknown key {_quote(extra[0])}")
+        items = doc["events"]
+        if not isinstance(items, list):
+            raise MalformedMessage("events: must be a list")
+        if not items:
+            raise MalformedMessage("events: must not be empty")
+    elif isinstance(doc, dict):
+        items = [doc]
     else:
-        data = payload
-    if isinstance(data, dict) and "events" in data:
-        if set(data) != {"events"}:
-            extra = sorted(set(data) - {"events"})[0]
-            raise MalformedMessage(f"{extra}: unknown key")
-        items = data["events"]
-        if not isinstance(items, list) or not items:
-            raise MalformedMessage("events: must be a non-empty list")
-        if len(items) > MAX_EVENTS:
-            raise MalformedMessage(f"events: more than {MAX_EVENTS} events in one message")
-        prefixes = [f"events.{i}" for i in range(len(items))]
-    else:
-        items, prefixes = [data], [""]
+        raise MalformedMessage('must be a JSON object: one event or {"events": [...]}')
+
     out: list[Event] = []
-    for item, prefix in zip(items, prefixes, strict=True):
+    for i, item in enumerate(items):
+        prefix = f"events.{i}"
         if not isinstance(item, dict):
-            raise MalformedMessage(f"{prefix or 'message'}: must be a JSON object")
+            raise MalformedMessage(f"{prefix}: must be a JSON object")
         try:
-            w = WireEvent.model_validate(item)
+            m = _EventIn.model_validate(item)
         except ValidationError as exc:
-            raise MalformedMessage(_fmt(exc.errors()[0], prefix)) from None
-        where = f"{prefix}." if prefix else ""
-        if connector is not None and w.connector is not None:
-            raise MalformedMessage(f"{where}connector: unknown key")
-        if location is not None and w.location is not None:
-            raise MalformedMessage(f"{where}location: unknown key")
-        for name in require_fields:
-            if getattr(w, name) is None:
-                raise MalformedMessage(f"{where}{name}: required key missing")
-        if problem := _qty_problem(w.type, w.qty):
-            raise MalformedMessage(f"{where}qty: {problem}")
-        if w.occurred_at.tzinfo is None or w.occurred_at.utcoffset() is None:
-            raise MalformedMessage(f"{where}occurred_at: timestamp must carry a time zone")
-        out.append(Event(
-            connector=connector or w.connector or "", event_id=w.event_id,
-            type=EventType(w.type), sku=w.sku, qty=w.qty, occurred_at=to_micros(w.occurred_at),
-            location=location or w.location, source=w.source, seq=w.seq, hold_id=w.hold_id,
-        ))
+            raise MalformedMessage(_reason(exc, prefix)) from None
+        if m.type == "count" and m.qty < 0:
+            raise MalformedMessage(f"{prefix}.qty: must be >= 0 for count")
+        if m.type in _POSITIVE_TYPES and m.qty <= 0:
+            raise MalformedMessage(f"{prefix}.qty: must be > 0 for {m.type}")
+        if m.type == "adjust" and m.qty == 0:
+            raise MalformedMessage(f"{prefix}.qty: must not be 0 for adjust")
+        if m.hold_id is not None and m.type != "pickup":
+            raise MalformedMessage(
+                f"{prefix}.hold_id: only a pickup names a hold (a handover is not a {m.type})"
+            )
+        out.append(
+            Event(
+                connector=connector,
+                event_id=m.event_id,
+                type=EventType(m.type),
+                sku=m.sku,
+                qty=m.qty,
+                occurred_at=to_micros(m.occurred_at),
+                location=topic_location,
+                source=m.source,
+                seq=m.seq,
+                hold_id=m.hold_id,
+            )
+        )
+    return out
+
+
+# -- topics ------------------------------------------------------------------------------------
+
+# Characters a topic level cannot carry as is: the separator, the wildcards, `%` itself (so that
+# the encoding is reversible), and what a broker may refuse in a UTF-8 topic: NUL and the other
+# control characters, lone surrogates, noncharacters.
+def _topic_safe(ch: str) -> bool:
+    c = ord(ch)
+    if c < 0x20 or 0x7F <= c <= 0x9F or ch in "%+#/":
+        return False
+    return not (0xD800 <= c <= 0xDFFF or 0xFDD0 <= c <= 0xFDEF or (c & 0xFFFE) == 0xFFFE)
+
+
+def topic_sku(sku: str) -> str:
+    """A SKU as one topic level: `+ # / %`, control characters, surrogates and noncharacters
+    percent-encoded (UTF-8); everything else is kept. `unquote(level, errors="surrogatepass")`
+    gives the SKU back."""
+    return "".join(
+        ch if _topic_safe(ch) else quote(ch, safe="", errors="surrogatepass") for ch in sku
+    )
+
+
+def parse_api_events(
+    payload: bytes, known_locations: Collection[str], known_connectors: Collection[str]
+) -> list[Event]:
+    """`POST /v1/events`: the same events, each naming its `connector` and `location` (which the
+    MQTT topic gives otherwise). Refused whole, like a message, when any event is wrong."""
+    if len(payload) > DEFAULT_MAX_PAYLOAD * 16:
+        raise MalformedMessage(f"body of {len(payload)} bytes is too large")
+    doc = _load(payload)
+    items = doc["events"] if isinstance(doc, dict) and "events" in doc else [doc]
+    if isinstance(doc, dict) and "events" in doc and set(doc) != {"events"}:
+        raise MalformedMessage(f"unknown key {_quote(sorted(set(doc) - {'events'})[0])}")
+    if not isinstance(items, list) or not items:
+        raise MalformedMessage("events: must be a non-empty list")
+    out: list[Event] = []
+    for i, item in enumerate(items):
+        prefix = f"events.{i}"
+        if not isinstance(item, dict):
+            raise MalformedMessage(f"{prefix}: must be a JSON object")
+        rest = dict(item)
+        connector, location = rest.pop("connector", None), rest.pop("location", None)
+        for name, value, known in (("connector", connector, known_connectors),
+                                   ("location", location, known_locations)):
+            if value is None:
+                raise MalformedMessage(f"{prefix}.{name}: required key missing")
+            if not isinstance(value, str) or value not in known:
+                raise MalformedMessage(f"{prefix}.{name}: unknown {name} {_quote(value)}")
+        assert isinstance(connector, str) and isinstance(location, str)
+        try:
+            out.extend(parse_message(location, json.dumps(rest).encode(), known_locations,
+                                     connector=connector, max_payload=len(payload) + 1))
+        except MalformedMessage as exc:
+            raise MalformedMessage(exc.reason.replace("events.0", prefix, 1)) from None
     return out

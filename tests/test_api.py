@@ -115,9 +115,9 @@ async def test_events_are_applied_and_answered_after_commit(api: Api) -> None:
 @pytest.mark.parametrize(("body", "detail"), [
     ({**count(), "qty": -1}, "qty: must be >= 0 for count"),
     ({**count(), "occurred_at": "2026-11-23T10:00:00"}, "occurred_at: timestamp must carry"),
-    ({**count(), "connector": "nope"}, "connector: unknown connector 'nope'"),
-    ({**count(), "location": "mars"}, "location: unknown location 'mars'"),
-    ({**count(), "colour": "red"}, "colour: unknown key"),
+    ({**count(), "connector": "nope"}, "events.1.connector: unknown connector 'nope'"),
+    ({**count(), "location": "mars"}, "events.1.location: unknown location 'mars'"),
+    ({**count(), "colour": "red"}, "events.1: unknown key 'colour'"),
     ({k: v for k, v in count().items() if k != "location"}, "location: required key missing"),
     (42, "events.1: must be a JSON object"),
 ])
