@@ -212,7 +212,7 @@ class Trade:
             while (elapsed := loop.time() - start) < self.duration:
                 if self.sim is not None and not in_outage and outage_from <= elapsed < outage_to:
                     in_outage = True
-                    self.sim.fail_next(1_000_000, status=503)
+                    self.sim.outage(503)
                     self.stats.outage = "webshop DOWN (503)"
                     self.stats.note("Shopify outage begins: every call answers 503")
                 elif in_outage and elapsed >= outage_to:
