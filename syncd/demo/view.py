@@ -103,6 +103,7 @@ class Board:
     def summary(self) -> None:
         st = self.trade.stats
         pending = sum(v["pending"] for v in self.status.get("channels", {}).values())
+        self.console.print()
         self.console.print(Panel(
             f"{st.sales} store sales, {st.returns} returns, {st.counts} counts, "
             f"{st.edi_files} warehouse EDI file(s)\n"
