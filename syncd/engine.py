@@ -309,7 +309,7 @@ class Engine:
         changes = Changes()
         staged = _Staged()
         verdicts: list[list[Verdict]] = []
-        command_rows: list[dict[str, Any]] = []
+        command_rows: list[tuple[Any, ...]] = []
         fixes: list[tuple[str, str | None, str, str]] = []
         counted: Counter[tuple[str, str, str]] = Counter()
         seqs: dict[tuple[str, str], int] = {}
@@ -328,7 +328,7 @@ class Engine:
 
         async with self.db.begin() as conn:
             # rule 1: claiming the ledger rows is the deduplication (unique connector+event_id)
-            claim: list[dict[str, Any]] = []
+            claim: list[tuple[Any, ...]] = []
             seen: set[tuple[str, str]] = set()
             for w in works:
                 for ev in w.events:

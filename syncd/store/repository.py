@@ -115,6 +115,24 @@ async def _write(
     await conn.exec_driver_sql(sql, [tuple(r[n] for n in names) for r in rows])
 
 
+def _compiled_in_order(
+    conn: AsyncConnection, table: Table, cols: Sequence[str], keys: Sequence[str]
+) -> str:
+    """The compiled SQL, checked to take its parameters in `cols` order (rows are tuples)."""
+    sql, names = _compiled(conn, table, keys, cols)
+    if names != tuple(cols):
+        raise RuntimeError(f"{table.name}: parameter order {names} differs from {tuple(cols)}")
+    return sql
+
+
+async def _write_tuples(
+    conn: AsyncConnection, table: Table, cols: Sequence[str], keys: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    if rows:
+        await conn.exec_driver_sql(_compiled_in_order(conn, table, cols, keys), list(rows))
+
+
 async def upsert(
     conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> None:
@@ -125,30 +143,17 @@ async def upsert(
 # -- events ---------------------------------------------------------------------------------------
 
 
-def event_row(ev: Event, applied_at: int, outcome: str, reason: str) -> dict[str, Any]:
-    return {
-        "connector": ev.connector,
-        "event_id": ev.event_id,
-        "type": ev.type.value,
-        "sku": ev.sku,
-        "location": ev.location,
-        "qty": ev.qty,
-        "occurred_at": ev.occurred_at,
-        "applied_at": applied_at,
-        "outcome": outcome,
-        "reason": reason or None,
-        "source": ev.source,
-        "seq": ev.seq,
-        "hold_id": ev.hold_id,
-        "order_id": ev.order_id,
-        "channel": ev.channel,
-        "expires_at": ev.expires_at,
-        "remote_location": ev.remote_location,
-    }
+def event_row(ev: Event, applied_at: int, outcome: str, reason: str) -> tuple[Any, ...]:
+    """A ledger row, in `EVENT_COLS` order (the table's own column order)."""
+    return (
+        ev.connector, ev.event_id, ev.type.value, ev.sku, ev.location, ev.qty, ev.occurred_at,
+        applied_at, outcome, reason or None, ev.source, ev.seq, ev.hold_id, ev.order_id,
+        ev.channel, ev.expires_at, ev.remote_location,
+    )
 
 
-async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    await _write(conn, events, rows, ())
+async def insert_events(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await _write_tuples(conn, events, EVENT_COLS, (), rows)
 
 
 EVENT_COLS = ("connector", "event_id", "type", "sku", "location", "qty", "occurred_at",
@@ -178,7 +183,7 @@ def _pairs(rows: Sequence[Any]) -> Iterator[tuple[str, str]]:
 
 
 async def claim_events(
-    conn: AsyncConnection, rows: Sequence[dict[str, Any]]
+    conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]
 ) -> set[tuple[str, str]]:
     """Insert ledger rows whose `(connector, event_id)` is new; return the identities inserted.
 
@@ -193,9 +198,9 @@ async def claim_events(
         return inserted
     if conn.dialect.name != "postgresql":
         before = (await conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events")).scalar()
-        sql, names = _compiled(conn, events, (), EVENT_COLS)
+        sql = _compiled_in_order(conn, events, EVENT_COLS, ())
         sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
-        await conn.exec_driver_sql(sql, [tuple(r[n] for n in names) for r in rows])
+        await conn.exec_driver_sql(sql, list(rows))
         result = await conn.exec_driver_sql(
             "SELECT connector, event_id FROM events WHERE id > ?", (before,))
         inserted.update(_pairs(result.all()))
@@ -204,7 +209,7 @@ async def claim_events(
     per = _MAX_PARAMS // ncols
     for i in range(0, len(rows), per):
         chunk = rows[i : i + per]
-        params = tuple(r[c] for r in chunk for c in EVENT_COLS)
+        params = tuple(v for r in chunk for v in r)
         sql = _INSERT_EVENTS + _placeholders(len(chunk), ncols) + _ON_CONFLICT  # constants only
         result = await conn.exec_driver_sql(sql, params)
         inserted.update(_pairs(result.all()))
@@ -242,21 +247,19 @@ async def iter_events(conn: AsyncConnection) -> list[tuple[Event, int, str]]:
 # -- levels ---------------------------------------------------------------------------------------
 
 
-def level_row(sku: str, location: str, lvl: Level) -> dict[str, Any]:
-    return {
-        "sku": sku,
-        "location": location,
-        "on_hand": lvl.on_hand,
-        "watermark": lvl.watermark,
-        "floor": lvl.floor,
-        "reported_at": lvl.reported_at,
-        "tail": json.dumps(lvl.tail, separators=(",", ":")) if lvl.tail else "[]",
-        "version": lvl.version,
-    }
+LEVEL_COLS = ("sku", "location", "on_hand", "watermark", "floor", "reported_at", "tail",
+              "version")
 
 
-async def upsert_levels(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    await upsert(conn, levels, rows, ("sku", "location"))
+def level_row(sku: str, location: str, lvl: Level) -> tuple[Any, ...]:
+    """A levels row, in `LEVEL_COLS` order."""
+    tail = json.dumps(lvl.tail, separators=(",", ":")) if lvl.tail else "[]"
+    return (sku, location, lvl.on_hand, lvl.watermark, lvl.floor, lvl.reported_at, tail,
+            lvl.version)
+
+
+async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows)
 
 
 async def load_levels(
