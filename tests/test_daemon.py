@@ -198,3 +198,33 @@ def test_status_command_summarises_a_running_daemon(tmp_path: Path) -> None:
         assert "connector backoffice: up" in out.stdout
     finally:
         assert d.stop() == 0
+
+
+def test_config_example_is_valid(tmp_path: Path) -> None:
+    env = {**os.environ, "SYNCD_API_TOKEN": TOKEN, "SHOPIFY_TOKEN": "shpat_x",
+           "SHOPIFY_WEBHOOK_SECRET": "whsec_x"}
+    out = subprocess.run([sys.executable, "-m", "syncd.cli", "check-config",
+                          str(REPO / "config.example.toml")], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_logs_are_json_lines_with_fields_and_never_a_secret(tmp_path: Path) -> None:
+    config, port = write_config(tmp_path)
+    d = DaemonProcess(config, {}, port)
+    try:
+        d.wait_ready()
+        d.post("/v1/events", {"connector": "backoffice", "location": "paris", "event_id": "c",
+                              "type": "count", "sku": "A", "qty": 0,
+                              "occurred_at": "2026-11-23T10:00:00Z"})
+        d.post("/v1/events", {"connector": "backoffice", "location": "paris", "event_id": "s",
+                              "type": "sale", "sku": "A", "qty": 2,
+                              "occurred_at": "2026-11-23T10:00:01Z"})  # oversold: logged
+        d.get("/v1/stock/A", token="wrong-" + TOKEN)
+    finally:
+        assert d.stop() == 0
+    lines = d.output().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON record
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    assert any(r.get("location") == "paris" and "oversold" in r["msg"] for r in records)
+    assert TOKEN not in d.output()

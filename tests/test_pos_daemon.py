@@ -109,6 +109,8 @@ def test_sigterm_flushes_the_outbox_of_a_healthy_channel(
         assert time.monotonic() < deadline, d.output()[-2000:]
         time.sleep(0.05)
     assert d.stop(signal.SIGTERM) == 0
+    records = [json.loads(line) for line in d.output().splitlines()]
+    assert any(r.get("connector") == "pos" for r in records)  # connector-tagged log lines
     db = sqlite3.connect(tmp_path / "state" / "syncd.db")
     rows = db.execute("SELECT count(*), sum(pushed_version = version) FROM outbox "
                       "WHERE channel = 'kiosks'").fetchone()
