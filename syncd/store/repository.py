@@ -265,10 +265,11 @@ async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) 
 async def load_levels(
     conn: AsyncConnection, keys: Iterable[tuple[str, str]] | None = None
 ) -> dict[tuple[str, str], Level]:
-    """Every level, or only those of `keys`."""
+    """Every level, or only those of `keys` (a cold start reads a million of these: tuples
+    straight from the driver, positional construction)."""
     out: dict[tuple[str, str], Level] = {}
     cols = (levels.c.sku, levels.c.location, levels.c.on_hand, levels.c.watermark,
-            levels.c.floor, levels.c.reported_at, levels.c.tail, levels.c.version)
+            levels.c.tail, levels.c.floor, levels.c.reported_at, levels.c.version)
     queries = []
     if keys is None:
         queries.append(select(*cols))
@@ -277,15 +278,14 @@ async def load_levels(
         for i in range(0, len(wanted), _CHUNK):
             chunk = wanted[i : i + _CHUNK]
             queries.append(select(*cols).where(tuple_(levels.c.sku, levels.c.location).in_(chunk)))
+    loads = json.loads
     for q in queries:
-        result = await conn.stream(q)
-        async for part in result.partitions(10_000):
-            for sku, loc, on_hand, wm, floor, rep, tail, version in part:
-                out[(sku, loc)] = Level(
-                    on_hand=on_hand, watermark=wm, floor=floor, reported_at=rep,
-                    tail=[(a, b) for a, b in json.loads(tail)] if tail != "[]" else [],
-                    version=version,
-                )
+        result = await conn.execute(q)
+        for sku, loc, on_hand, wm, tail, floor, rep, version in result:
+            out[(sku, loc)] = Level(
+                on_hand, wm, [] if tail == "[]" else [(a, b) for a, b in loads(tail)], floor,
+                rep, version,
+            )
     return out
 
 
@@ -377,16 +377,13 @@ async def upsert_outbox(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
 
 async def load_outbox(conn: AsyncConnection) -> dict[tuple[str, str, str], OutboxRow]:
     out: dict[tuple[str, str, str], OutboxRow] = {}
-    result = await conn.stream(select(outbox))
-    async for part in result.partitions(10_000):
-        for r in part:
-            m = r._mapping
-            out[(m["channel"], m["sku"], m["location"])] = OutboxRow(
-                desired=m["desired"], version=m["version"], committed_at=m["committed_at"],
-                pushed=m["pushed"], pushed_version=m["pushed_version"], remote=m["remote"],
-                state=m["state"], attempts=m["attempts"], last_error=m["last_error"],
-                next_attempt_at=m["next_attempt_at"],
-            )
+    cols = (outbox.c.channel, outbox.c.sku, outbox.c.location, outbox.c.desired,
+            outbox.c.version, outbox.c.committed_at, outbox.c.pushed, outbox.c.pushed_version,
+            outbox.c.remote, outbox.c.state, outbox.c.attempts, outbox.c.last_error,
+            outbox.c.next_attempt_at)
+    result = await conn.execute(select(*cols))
+    for ch, sku, loc, *rest in result:
+        out[(ch, sku, loc)] = OutboxRow(*rest)
     return out
 
 
