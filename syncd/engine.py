@@ -25,11 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import DeadLetter, Inbound
 
-from . import availability
+from .figures import Figures
 from .ledger import Changes, Ledger, LedgerConfig, Verdict
 from .metrics import Metrics
 from .model import (
-    Channel,
     Event,
     EventType,
     Outcome,
@@ -116,8 +115,7 @@ class Engine:
         self._accepting = False
         self._poke = asyncio.Event()
         self._next_sweep = 0.0
-        self._channels_by_loc: dict[str, list[Channel]] = {}
-        self._index_channels()
+        self.figures = Figures(self.ledger)
         self.outbox.on_dirty = self._poke.set
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -163,18 +161,11 @@ class Engine:
     def reconfigure(self, config: LedgerConfig) -> None:
         """Take a new configuration (SIGHUP); figures are recomputed by the next batch."""
         self.ledger.config = config
-        self._index_channels()
+        self.figures.reindex()
         self._recompute_pending = True
         self._poke.set()
 
     _recompute_pending = False
-
-    def _index_channels(self) -> None:
-        by_loc: dict[str, list[Channel]] = {}
-        for ch in self.ledger.config.channels.values():
-            for loc in ch.sells_from:
-                by_loc.setdefault(loc, []).append(ch)
-        self._channels_by_loc = by_loc
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -216,7 +207,7 @@ class Engine:
             }
         chans: dict[str, Any] = {}
         for ch in cfg.channels.values():
-            for remote_loc in self._figures(ch, sku, now):
+            for remote_loc in self.figures.of(ch, sku, now):
                 row = self.outbox.rows.get((ch.name, sku, remote_loc))
                 if row is None:
                     continue
@@ -426,57 +417,19 @@ class Engine:
             return Verdict(Outcome.DRIFT, f"channel shows {ev.qty}")
         return Verdict(Outcome.APPLIED)
 
-    def _figures(self, ch: Channel, sku: str, now: int,
-                 only: set[str] | None = None) -> dict[str, int]:
-        """The channel's figures for one SKU; with `only`, a per-location channel computes
-        just those locations."""
-        ledger = self.ledger
-        per_loc = bool(ch.location_map) or ch.per_location or ch.basis != "available"
-        if not per_loc:  # the common case, without intermediate dicts
-            total = 0
-            for loc in ch.sells_from:
-                a = ledger.avail(sku, loc, now)
-                if a > 0:
-                    total += a
-            return {"": availability.published(total, ch.allocation, ch.safety_stock,
-                                                ch.max_quantity)}
-        locs = [loc for loc in ch.sells_from if loc in ledger.config.locations
-                and (only is None or loc in only)]
-        avails = {loc: ledger.avail(sku, loc, now) for loc in locs}
-        if ch.basis == "on_hand_less_foreign":
-            on_hand = {loc: (lv.on_hand if (lv := ledger.levels.get((sku, loc))) else 0)
-                       for loc in locs}
-            foreign = {loc: ledger.reserved(sku, loc, now, only_foreign_to=ch.name)
-                       for loc in locs}
-            return availability.channel_figures(ch, avails, foreign, on_hand,
-                                                 only=only if per_loc else None)
-        return availability.channel_figures(ch, avails, only=only if per_loc else None)
-
     def _stage_figures(self, changes: Changes, staged: _Staged, now: int) -> None:
-        # (sku, channel) -> the locations that moved
-        touched: dict[tuple[str, str], set[str]] = {}
         keys = set(changes.levels)
         keys.update((r.sku, r.location) for r in changes.reservations.values())
         if self._recompute_pending:
             self._recompute_pending = False
             keys.update(self.ledger.levels)
-        by_loc = self._channels_by_loc
-        for sku, loc in keys:
-            for ch in by_loc.get(loc, ()):
-                touched.setdefault((sku, ch.name), set()).add(loc)
-        channels = self.ledger.config.channels
         rows = self.outbox.rows
-        for (sku, ch_name), locs in touched.items():
-            channel = channels.get(ch_name)
-            if channel is None:
-                continue
-            for remote_loc, qty in self._figures(channel, sku, now, locs).items():
-                key = (ch_name, sku, remote_loc)
-                row = rows.get(key)
-                if row is None:
-                    staged.desired[key] = (qty, 1)
-                elif row.desired != qty:
-                    staged.desired[key] = (qty, row.version + 1)
+        for key, qty in self.figures.moved(keys, now):
+            row = rows.get(key)
+            if row is None:
+                staged.desired[key] = (qty, 1)
+            elif row.desired != qty:
+                staged.desired[key] = (qty, row.version + 1)
 
     def _outbox_rows(self) -> list[dict[str, Any]]:
         """The outbox rows changed since the last flush (desired and pushed sides).
