@@ -91,8 +91,9 @@ class FakeChannel:
         return None
 
     async def events(self) -> AsyncIterator[Inbound]:  # pragma: no cover - push only
-        if False:
-            yield Inbound()
+        nothing: tuple[Inbound, ...] = ()
+        for inbound in nothing:
+            yield inbound
 
     async def push(self, channel: str, items: Sequence[PushItem]) -> Sequence[PushResult]:
         if self.gate is not None:
