@@ -264,6 +264,8 @@ class ShopifySim:
         self._idempotency: dict[str, tuple[str, dict[str, Any]]] = {}
         self._failures: list[_Failure] = []
         self._down = 0  # while non-zero, every call answers this HTTP status
+        # called with (sku, location gid, quantity) for every applied quantity (benchmarks)
+        self.on_set: Callable[[str, str, int], None] | None = None
         self.latency = 0.0
         # counters
         self.calls = 0
@@ -940,6 +942,8 @@ class ShopifySim:
         for item, loc, qty, _ in changes:
             self.levels[(item, loc)] = qty
             self.updated[(item, loc)] = now
+            if self.on_set is not None:
+                self.on_set(self.items[item].sku, loc, qty)
         self.mutations += 1
         self.quantities_per_mutation.append(len(changes))
         group = {

@@ -46,6 +46,7 @@ class Broker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {data}/\nmax_queued_messages 100000\n"
+            "max_inflight_messages 1000\n"
             + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.log = (root / "mosquitto.log").open("wb")
