@@ -277,8 +277,9 @@ class Engine:
                 poker.cancel()
                 if not getter.done():
                     getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.gather(getter, poker, return_exceptions=True)
+                # wait for both to settle; unlike a suppressed gather this lets a cancellation
+                # of the engine task itself through (stop() must not hang)
+                await asyncio.wait({getter, poker})
             if getter.done() and not getter.cancelled():
                 works.append(getter.result())
         self._poke.clear()

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 __all__ = ["BUSY_TIMEOUT_MS", "open_engine", "sqlite_url", "upgrade"]
 
 BUSY_TIMEOUT_MS = 5000
+CACHE_KIB = 131_072  # 128 MiB of page cache per connection
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -43,6 +44,8 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA temp_store=MEMORY")
+        # the default page cache (2 MiB) thrashes once levels and the ledger index outgrow it
+        cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
