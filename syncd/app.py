@@ -252,7 +252,7 @@ class Daemon:
         for p in self.pushers.values():
             await p.stop()
         if self.engine is not None:
-            await self.engine.stop()
+            await self.engine.stop(within=timeout / 4)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -140,19 +140,28 @@ class Engine:
         self._accepting = True
         self._task = asyncio.create_task(self._run(), name="syncd-engine")
 
-    async def stop(self) -> None:
-        """Stop intake, commit what is queued, persist push results, stop."""
+    async def stop(self, within: float = 30.0) -> None:
+        """Stop intake, commit what is queued (for at most `within` seconds: with the database
+        down nothing more can be committed, and nothing uncommitted was acknowledged), persist
+        push results, stop."""
         self._accepting = False
         if self._task is None:
             return
         self._poke.set()
-        await self.queue.join()
+        try:
+            await asyncio.wait_for(self.queue.join(), within)
+        except TimeoutError:
+            log.error("stopping with %d deliveries uncommitted (not acknowledged; their sources "
+                      "will deliver them again)", self.queue.qsize())
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
         if self.outbox.dirty:
-            await self._persist_only()
+            try:
+                await self._persist_only()
+            except Exception as exc:  # the outbox is recomputed at the next start anyway
+                log.error("could not persist the outbox at stop: %s", _brief(exc))
 
     @property
     def running(self) -> bool:
