@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
+from connectors._http import retry_after as _retry_after
 from connectors.base import PermanentPushError, TransientPushError
 
 __all__ = ["REFRESH_MARGIN", "LwaAuth"]
@@ -57,17 +58,6 @@ _PERMANENT = {
     "unsupported_grant_type": "LWA refused the token request (unsupported_grant_type)",
     "invalid_scope": "LWA refused the token request (invalid_scope)",
 }
-
-
-def _retry_after(headers: Any) -> float | None:
-    raw = headers.get("Retry-After") if headers is not None else None
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 class LwaAuth:

@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from connectors._http import retry_after as _retry_after
 from connectors.base import PermanentPushError, TransientPushError
 
 from .auth import LwaAuth
@@ -140,17 +141,6 @@ class Response:
     headers: Mapping[str, str]  # lower-cased names
     body: Any  # parsed JSON, or None
     raw: bytes
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 def _rate_limit(headers: Mapping[str, str]) -> float | None:

@@ -45,19 +45,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from connectors._http import service_url
 from connectors.base import (
     ConnectorContext,
     Inbound,
@@ -82,27 +82,6 @@ log = logging.getLogger("connectors.amazon_sp")
 
 PATCH_CONCURRENCY = 5  # requests in flight at once (the bucket paces them anyway)
 _REASON_MAX = 500
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_url(value: str, what: str) -> str:
-    parts = urlsplit(value.strip())
-    host = parts.hostname or ""
-    if parts.scheme not in ("https", "http") or not host:
-        raise ValueError(f"{what} must be an https URL")
-    if parts.scheme == "http" and not _loopback(host):
-        raise ValueError(f"{what} must use https (http only for a loopback simulator)")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{what} takes no query, fragment or credentials")
-    return value.strip().rstrip("/")
 
 
 NonEmpty = Annotated[str, annotated_types.MinLen(1), annotated_types.MaxLen(200)]
@@ -136,12 +115,12 @@ class AmazonSpConfig(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        return _check_url(value, "endpoint")
+        return service_url(value, "endpoint")
 
     @field_validator("token_url")
     @classmethod
     def _check_token_url(cls, value: str) -> str:
-        return _check_url(value, "token_url")
+        return service_url(value, "token_url")
 
 
 def _issues_text(issues: Any) -> str:

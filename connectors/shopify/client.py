@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
+from connectors._http import retry_after as _retry_after
 from connectors.base import PermanentPushError, TransientPushError
 
 __all__ = [
@@ -42,17 +43,6 @@ MAX_QUERY_COST = 1000
 # a call whose throttle never clears is given up after this many waits (then retried by the pusher)
 MAX_THROTTLE_WAITS = 50
 _TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"})
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 class CostBucket:

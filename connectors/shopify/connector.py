@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import re
 import time
@@ -47,6 +46,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from connectors._http import service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -109,15 +109,6 @@ query SyncdItemSkus($ids: [ID!]!) {
 }"""
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ShopifyConfig(BaseModel):
     """`[connectors.<name>]` with `type = "shopify"`."""
 
@@ -135,15 +126,7 @@ class ShopifyConfig(BaseModel):
     @field_validator("shop_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        host = parts.hostname or ""
-        if parts.scheme not in ("https", "http") or not host:
-            raise ValueError("expected an https URL like https://example.myshopify.com")
-        if parts.scheme == "http" and not _loopback(host):
-            raise ValueError("shop_url must use https (http only for a loopback simulator)")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("shop_url takes no query, fragment or credentials")
-        return value.strip().rstrip("/")
+        return service_url(value, "shop_url", "https://example.myshopify.com")
 
     @field_validator("api_version")
     @classmethod

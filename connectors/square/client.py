@@ -32,6 +32,8 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
+from connectors._http import retry_after as _retry_after
+
 __all__ = ["MAX_RETRIEVE_IDS", "PAGE_LIMIT", "SquareClient", "SquareError"]
 
 log = logging.getLogger("connectors.square")
@@ -50,17 +52,6 @@ class SquareError(Exception):
         self.status = status
         self.code = code
         self.transient = transient
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if 0 <= value <= 3600 else None
 
 
 def _errors(raw: bytes) -> tuple[str, str]:

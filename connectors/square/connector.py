@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import json
 import logging
 import re
@@ -52,6 +51,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from connectors._http import service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -79,15 +79,6 @@ COMMIT_WAIT = 300.0  # a poll waits this long for its pages to be committed
 _QUEUE_PAGES = 4  # pages read ahead of the engine
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SquareConfig(BaseModel):
     """`[connectors.<name>]` with `type = "square"`."""
 
@@ -109,15 +100,7 @@ class SquareConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        host = parts.hostname or ""
-        if parts.scheme not in ("https", "http") or not host:
-            raise ValueError("expected an https URL like https://connect.squareup.com")
-        if parts.scheme == "http" and not _loopback(host):
-            raise ValueError("base_url must use https (http only for a loopback simulator)")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("base_url takes no query, fragment or credentials")
-        return value.strip().rstrip("/")
+        return service_url(value, "base_url", "https://connect.squareup.com")
 
     @field_validator("notification_url")
     @classmethod

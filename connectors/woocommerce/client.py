@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 from pydantic import SecretStr
 
+from connectors._http import retry_after
 from connectors.base import PermanentPushError, TransientPushError
 
 __all__ = ["Response", "RestClient", "WooError", "next_params", "retry_after"]
@@ -56,17 +57,6 @@ class Response:
     status: int
     headers: Mapping[str, str]
     data: Any
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if 0 <= value <= 3600 else None
 
 
 def next_params(headers: Mapping[str, str]) -> list[tuple[str, str]] | None:

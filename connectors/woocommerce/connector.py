@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import re
@@ -106,6 +105,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from connectors._http import service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -140,15 +140,6 @@ _VANISHED = "the product is gone from WooCommerce; its SKU is looked up again"
 _LIMIT = re.compile(r"([0-9]+)")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class WooCommerceConfig(BaseModel):
     """`[connectors.<name>]` with `type = "woocommerce"`."""
 
@@ -171,18 +162,11 @@ class WooCommerceConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        host = parts.hostname or ""
-        if parts.scheme not in ("https", "http") or not host:
-            raise ValueError("expected an https URL like https://shop.example.com")
-        if parts.scheme == "http" and not _loopback(host):
-            raise ValueError("url must use https: WooCommerce accepts Basic authentication over "
-                             "HTTPS only (http only for a loopback simulator)")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("url takes no query, fragment or credentials")
-        if "/wp-json" in parts.path:
+        url = service_url(value, "url", "https://shop.example.com",
+                          https_reason="WooCommerce accepts Basic authentication over HTTPS only")
+        if "/wp-json" in urlsplit(url).path:
             raise ValueError("url is the site root, without /wp-json/wc/v3")
-        return value.strip().rstrip("/")
+        return url
 
     @property
     def api_root(self) -> str:

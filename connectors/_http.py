@@ -1,0 +1,50 @@
+"""Small pieces every HTTP connector needs, kept in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+__all__ = ["is_loopback", "retry_after", "service_url"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def service_url(value: str, what: str, example: str = "", https_reason: str = "") -> str:
+    """A service's base URL: https (plain http only on loopback, for a local simulator), with no
+    query, fragment or credentials; returned without its trailing slash."""
+    parts = urlsplit(value.strip())
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"expected an https URL like {example}" if example
+                         else f"{what} must be an https URL")
+    if parts.scheme == "http" and not is_loopback(host):
+        reason = f": {https_reason}" if https_reason else ""
+        raise ValueError(f"{what} must use https{reason} (http only for a loopback simulator)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{what} takes no query, fragment or credentials")
+    return value.strip().rstrip("/")
+
+
+def retry_after(headers: Mapping[str, str] | None, cap: float = 3600.0) -> float | None:
+    """`Retry-After` in seconds (the delta-seconds form), or None when absent or unusable."""
+    if headers is None:
+        return None
+    raw = headers.get("Retry-After")
+    if raw is None:
+        raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0 <= value <= cap else None
