@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from connectors._orders import MAX_QTY as _MAX_QTY
+from connectors._orders import MappingError, line_event_id, order_lines
 from syncd.model import Channel, Event, EventType, to_micros
 
 __all__ = [
@@ -54,12 +56,6 @@ __all__ = [
 ]
 
 TOPICS = ("orders/create", "orders/cancelled", "orders/fulfilled", "inventory_levels/update")
-_MAX_QTY = 1_000_000_000
-_MAX_SKU = 200  # the ledger stores SKUs and event ids in 255 characters
-
-
-class MappingError(ValueError):
-    """The payload is JSON but not a usable payload of its topic (dead-lettered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,47 +180,17 @@ def _map_location(channel: Channel, shopify_location: Any) -> str | None:
     return None
 
 
-def _line_event_id(event_id: str, sku: str) -> str:
-    ident = f"{event_id}:{sku}"
-    if len(ident) <= 255:
-        return ident
-    return f"{event_id[:200]}:{hashlib.sha256(sku.encode()).hexdigest()[:32]}"
-
-
 def order_events(
     connector: str, channel: Channel, delivery: Delivery, payload: Mapping[str, Any], now: int
 ) -> tuple[list[Event], list[str]]:
     """`orders/create`: one ORDER per SKU. Returns the events and the reasons lines were skipped."""
     order_id = _order_id(payload)
     created = _when(payload, ("created_at", "processed_at"), delivery.triggered_at or now)
-    lines = payload.get("line_items")
-    if not isinstance(lines, list):
-        raise MappingError("line_items is missing or not a list")
-    qty_by_sku: dict[str, int] = {}
-    skipped: list[str] = []
-    for i, line in enumerate(lines):
-        if not isinstance(line, dict):
-            raise MappingError(f"line_items[{i}] is not an object")
-        sku = line.get("sku")
-        if not isinstance(sku, str) or not sku.strip():
-            skipped.append(f"line_items[{i}] has no SKU")
-            continue
-        qty = line.get("quantity")
-        if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= _MAX_QTY:
-            raise MappingError(f"line_items[{i}].quantity is not a count")
-        if qty == 0:
-            skipped.append(f"line_items[{i}] has quantity 0")
-            continue
-        key = sku.strip()
-        if len(key) > _MAX_SKU or not key.isprintable():
-            skipped.append(f"line_items[{i}] has a SKU syncd cannot store (too long or "
-                           "control characters)")
-            continue
-        qty_by_sku[key] = qty_by_sku.get(key, 0) + qty
+    qty_by_sku, skipped = order_lines(payload)
     location = _map_location(channel, payload.get("location_id"))
     events = [
         Event(
-            connector=connector, event_id=_line_event_id(delivery.event_id, sku),
+            connector=connector, event_id=line_event_id(delivery.event_id, sku),
             type=EventType.ORDER,
             sku=sku, qty=qty, occurred_at=created, location=location, order_id=order_id,
             channel=channel.name,

@@ -62,6 +62,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from connectors._orders import MAX_QTY as _MAX_QTY
+from connectors._orders import MAX_SKU as _MAX_SKU
+from connectors._orders import MappingError, line_event_id, order_lines
 from syncd.model import Channel, Event, EventType, from_micros, to_micros
 
 __all__ = [
@@ -88,16 +91,10 @@ ORDER_TOPICS = ("order.created", "order.updated")
 PRODUCT_TOPICS = ("product.updated", "product.created")
 OPEN_STATUSES = frozenset({"pending", "processing", "on-hold"})
 CANCELLED_STATUSES = frozenset({"cancelled", "failed"})
-_MAX_QTY = 1_000_000_000
-_MAX_SKU = 200  # the ledger stores SKUs and event ids in 255 characters
 _PING = re.compile(rb"webhook_id=[0-9]{1,20}")
 _ORDER_FIELDS = ("id", "status", "date_created_gmt", "date_modified_gmt", "date_completed_gmt",
                  "line_items")
 _LINE_FIELDS = ("id", "product_id", "variation_id", "sku", "quantity")
-
-
-class MappingError(ValueError):
-    """The payload is JSON but not a usable document of its kind (dead-lettered)."""
 
 
 # -- signatures ----------------------------------------------------------------------------------
@@ -181,43 +178,6 @@ def order_id(payload: Mapping[str, Any]) -> str:
     return str(_positive_id(payload.get("id"), "order id"))
 
 
-def _line_event_id(oid: str, sku: str) -> str:
-    ident = f"order:{oid}:{sku}"
-    if len(ident) <= 255:
-        return ident
-    return f"order:{oid}:{hashlib.sha256(sku.encode()).hexdigest()[:32]}"
-
-
-def _lines(payload: Mapping[str, Any]) -> tuple[dict[str, int], list[str]]:
-    lines = payload.get("line_items")
-    if not isinstance(lines, list):
-        raise MappingError("line_items is missing or not a list")
-    qty_by_sku: dict[str, int] = {}
-    skipped: list[str] = []
-    for i, line in enumerate(lines):
-        if not isinstance(line, dict):
-            raise MappingError(f"line_items[{i}] is not an object")
-        sku = line.get("sku")
-        if not isinstance(sku, str) or not sku.strip():
-            skipped.append(f"line_items[{i}] has no SKU")
-            continue
-        qty = line.get("quantity")
-        if isinstance(qty, float) and qty.is_integer():
-            qty = int(qty)
-        if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= _MAX_QTY:
-            raise MappingError(f"line_items[{i}].quantity is not a count")
-        if qty == 0:
-            skipped.append(f"line_items[{i}] has quantity 0")
-            continue
-        key = sku.strip()
-        if len(key) > _MAX_SKU or not key.isprintable():
-            skipped.append(f"line_items[{i}] has a SKU syncd cannot store (too long or "
-                           "control characters)")
-            continue
-        qty_by_sku[key] = qty_by_sku.get(key, 0) + qty
-    return qty_by_sku, skipped
-
-
 def order_events(
     connector: str, channel: Channel, payload: Mapping[str, Any], now: int
 ) -> tuple[list[Event], list[str]]:
@@ -239,10 +199,11 @@ def order_events(
     if status not in OPEN_STATUSES and not fulfilled:
         return [], [f"order {oid} has status {status!r}: nothing to reserve or release"[:200]]
     created = _when(payload, ("date_created_gmt", "date_modified_gmt"), now)
-    qty_by_sku, skipped = _lines(payload)
+    qty_by_sku, skipped = order_lines(payload, integral_floats=True)
     events = [
-        Event(connector=connector, event_id=_line_event_id(oid, sku), type=EventType.ORDER,
-              sku=sku, qty=qty, occurred_at=created, order_id=oid, channel=channel.name)
+        Event(connector=connector, event_id=line_event_id(f"order:{oid}", sku),
+              type=EventType.ORDER, sku=sku, qty=qty, occurred_at=created, order_id=oid,
+              channel=channel.name)
         for sku, qty in qty_by_sku.items()
     ]
     if fulfilled:
