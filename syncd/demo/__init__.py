@@ -28,7 +28,7 @@ SHOP_SECRET_ENV = "SYNCD_DEMO_SHOPIFY_SECRET"  # noqa: S105 - an environment var
 
 
 def _config(root: Path, http: int, broker: Broker | None, shop_url: str | None,
-            edi_inbox: Path | None) -> str:
+            edi_inbox: Path | None, extra: str = "") -> str:
     pos = (f'type = "mqtt_pos"\nurl = "{broker.url}"\nclient_id = "syncd-demo-{http}"'
            if broker else 'type = "http_source"')
     wms = (f'type = "edi_inventory"\ninbox = "{edi_inbox}"\nlocations = {{ "WH001" = "lyon-dc" }}'
@@ -81,7 +81,7 @@ connector = "shop"
 sells_from = ["lyon-dc", "paris-01", "lille-02"]
 safety_stock = 1
 """
-    return text
+    return text + extra
 
 
 def _installed(kind: str) -> bool:
@@ -114,13 +114,16 @@ async def _demo(root: Path, duration: float, skus: int, seed: int) -> int:
     inbox = root / "edi" / "inbox" if _installed("edi_inventory") else None
     if inbox is not None:
         inbox.mkdir(parents=True)
+    sku_names = [f"SKU-{i:04d}" for i in range(skus)]
+    marketplaces, extra = await _marketplaces(stack, env, sku_names)
     config = root / "syncd.toml"
-    config.write_text(_config(root, http, broker, shop_url, inbox))
+    config.write_text(_config(root, http, broker, shop_url, inbox, extra))
     daemon = DaemonProcess(config, env, root / "syncd.log")
     base = f"http://127.0.0.1:{http}"
     print(f"syncd demo: daemon at {base} (metrics: {base}/metrics), state in {root}")
     print(f"            MQTT broker: {broker.url if broker else 'none'}; "
-          f"Shopify simulator: {shop_url or 'not installed'}; EDI inbox: {inbox or 'none'}")
+          f"Shopify simulator: {shop_url or 'not installed'}; EDI inbox: {inbox or 'none'}; "
+          f"also {', '.join(sorted(marketplaces)) or 'no other channel'}")
     code = 0
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http_s:
@@ -129,7 +132,7 @@ async def _demo(root: Path, duration: float, skus: int, seed: int) -> int:
                 return 1
             trade = Trade(base=base, http=http_s, broker=broker, sim=sim,
                           shop_secret=env.get(SHOP_SECRET_ENV, ""), edi_inbox=inbox,
-                          skus=skus, seed=seed, duration=duration)
+                          skus=skus, seed=seed, duration=duration, marketplaces=marketplaces)
             board = Board(base, http_s, trade, sim)
             await board.run(trade.run())
             board.summary()
@@ -142,6 +145,70 @@ async def _demo(root: Path, duration: float, skus: int, seed: int) -> int:
         if broker is not None:
             broker.stop()
     return code
+
+
+async def _marketplaces(
+    stack: contextlib.AsyncExitStack, env: dict[str, str], skus: list[str]
+) -> tuple[dict[str, Any], str]:
+    """The Amazon and WooCommerce simulators, when those connectors are installed, and their
+    configuration: both sell from the warehouse; WooCommerce also from the Paris store."""
+    sims: dict[str, Any] = {}
+    text = ""
+    if _installed("amazon_sp"):
+        from connectors.amazon_sp.sim import AmazonSpSim
+        from connectors.amazon_sp.sim import running_sim as amazon_sim
+
+        amz = AmazonSpSim(feed_interval=5.0, feed_queue_delay=0.5, feed_process_delay=1.0)
+        amz.add_listings(skus, quantity=0)
+        url = await stack.enter_async_context(amazon_sim(amz))
+        env.update({"SYNCD_DEMO_AMZ_SECRET": amz.client_secret,
+                    "SYNCD_DEMO_AMZ_REFRESH": amz.refresh_token})
+        sims["amazon"] = amz
+        text += f"""
+[connectors.amz]
+type = "amazon_sp"
+endpoint = "{url}"
+token_url = "{url}/auth/o2/token"
+client_id = "{amz.client_id}"
+client_secret = "env:SYNCD_DEMO_AMZ_SECRET"
+refresh_token = "env:SYNCD_DEMO_AMZ_REFRESH"
+seller_id = "{amz.seller_id}"
+marketplace_ids = ["{amz.marketplace_ids[0]}"]
+feed_threshold = 50
+poll_every = "2s"
+feed_poll_every = "200ms"
+feed_min_interval = "5s"
+
+[channels.amazon]
+connector = "amz"
+sells_from = ["lyon-dc"]
+safety_stock = 1
+"""
+    if _installed("woocommerce"):
+        from connectors.woocommerce.sim import WooSim
+        from connectors.woocommerce.sim import running_sim as woo_sim
+
+        woo = WooSim()
+        woo.add_products(skus, stock=0)
+        url = await stack.enter_async_context(woo_sim(woo))
+        env.update({"SYNCD_DEMO_WOO_KEY": woo.consumer_key,
+                    "SYNCD_DEMO_WOO_SECRET": woo.consumer_secret,
+                    "SYNCD_DEMO_WOO_HOOKS": secrets.token_hex(16)})
+        sims["woocommerce"] = woo
+        text += f"""
+[connectors.woo]
+type = "woocommerce"
+url = "{url}"
+consumer_key = "env:SYNCD_DEMO_WOO_KEY"
+consumer_secret = "env:SYNCD_DEMO_WOO_SECRET"
+webhook_secret = "env:SYNCD_DEMO_WOO_HOOKS"
+poll_every = "2s"
+
+[channels.woo]
+connector = "woo"
+sells_from = ["lyon-dc", "paris-01"]
+"""
+    return sims, text
 
 
 async def _ready(http: aiohttp.ClientSession, base: str, daemon: DaemonProcess) -> bool:

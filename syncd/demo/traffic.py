@@ -64,7 +64,7 @@ class Stats:
 class Trade:
     def __init__(self, *, base: str, http: aiohttp.ClientSession, broker: Broker | None,
                  sim: Any, shop_secret: str, edi_inbox: Path | None, skus: int, seed: int,
-                 duration: float) -> None:
+                 duration: float, marketplaces: dict[str, Any] | None = None) -> None:
         self.base = base
         self.http = http
         self.broker = broker
@@ -75,6 +75,7 @@ class Trade:
         self.rnd = random.Random(seed)
         self.duration = duration
         self.stats = Stats()
+        self.marketplaces = marketplaces or {}
         self._seq = 0
         self._orders: list[dict[str, Any]] = []
         # what is physically on each store's shelves: a store only sells what it has
@@ -160,6 +161,23 @@ class Trade:
         self._orders.append(order)
         await self._webhook("orders/create", order)
 
+    def _marketplace_tick(self) -> None:
+        """A marketplace customer: buys only what the marketplace shows (it polls the orders)."""
+        if not self.marketplaces:
+            return
+        name = self.rnd.choice(sorted(self.marketplaces))
+        sim = self.marketplaces[name]
+        sku = self.rnd.choice(self.skus)
+        shown = (sim.quantity(sku) if name == "amazon" else sim.stock(sku)) or 0
+        if shown <= 0:
+            self.stats.turned_away += 1
+            return
+        self.stats.orders += 1
+        if name == "amazon":
+            sim.add_order(f"AMZ-{self.stats.orders:06d}", [(sku, 1)])
+        else:
+            sim.place_order(sku, 1)
+
     async def _webhook(self, topic: str, payload: dict[str, Any]) -> None:
         try:
             await self.sim.send_webhook(topic, payload, f"{self.base}/webhooks/shop",
@@ -223,6 +241,8 @@ class Trade:
                 await self._store_tick(mqtt)
                 if self.rnd.random() < 0.5:
                     await self._webshop_tick()
+                if self.rnd.random() < 0.3:
+                    self._marketplace_tick()
                 if self.rnd.random() < 0.12:
                     await self._hold_tick()
                 await asyncio.sleep(0.1)

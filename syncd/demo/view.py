@@ -25,6 +25,8 @@ SHOWN = 8
 
 class Board:
     def __init__(self, base: str, http: aiohttp.ClientSession, trade: Trade, sim: Any) -> None:
+        self.amazon = trade.marketplaces.get("amazon")
+        self.woo = trade.marketplaces.get("woocommerce")
         self.base = base
         self.http = http
         self.trade = trade
@@ -49,8 +51,10 @@ class Board:
 
     def render(self) -> Group:
         table = Table(title="stock and what each channel publishes", expand=True)
-        for col in ("SKU", "paris-01", "lille-02", "lyon-dc", "kiosks (per store)", "webshop",
-                    "Shopify shows"):
+        table.caption = ("on-hand at each location (rN: N reserved); kiosks: p/l/w per location; "
+                         "then what syncd publishes for the webshop and what each channel shows")
+        for col in ("SKU", "paris", "lille", "lyon", "kiosks", "web", "Shopify", "Amazon",
+                    "Woo"):
             table.add_column(col, justify="right" if col != "SKU" else "left")
         for sku in self.trade.skus[:SHOWN]:
             s = self.stock.get(sku, {})
@@ -61,14 +65,18 @@ class Board:
                 v = locs.get(loc)
                 if not v:
                     return "-"
-                return f"{v['on_hand']}" + (f" ({v['reserved']} res.)" if v["reserved"] else "")
+                return f"{v['on_hand']}" + (f" r{v['reserved']}" if v["reserved"] else "")
 
             kiosk = chans.get("kiosks", {}).get("locations", {})
-            kiosk_txt = " ".join(f"{k[0]}{v['published']}" for k, v in sorted(kiosk.items()))
+            kiosk_txt = "/".join(str(kiosk[k]["published"]) if k in kiosk else "-"
+                                 for k in ("paris-01", "lille-02", "lyon-dc"))
             web = chans.get("webshop", {})
             shows = self.sim.available(sku) if self.sim is not None else None
+            amz = self.amazon.quantity(sku) if self.amazon is not None else None
+            woo = self.woo.stock(sku) if self.woo is not None else None
             table.add_row(sku, cell("paris-01"), cell("lille-02"), cell("lyon-dc"), kiosk_txt,
-                          str(web.get("published", "-")), "-" if shows is None else str(shows))
+                          str(web.get("published", "-")), "-" if shows is None else str(shows),
+                          "-" if amz is None else str(amz), "-" if woo is None else str(woo))
         st = self.trade.stats
         chans = self.status.get("channels", {})
         lines = [
@@ -77,7 +85,7 @@ class Board:
             "outbox pending: " + ", ".join(f"{c} {v['pending']}" for c, v in sorted(chans.items())),
             f"holds: {self.status.get('holds', {})}   oversold SKU-locations: "
             f"{self.status.get('oversold_skus', 0)}",
-            f"store sales {st.sales}, returns {st.returns}, counts {st.counts}; webshop orders "
+            f"store sales {st.sales}, returns {st.returns}, counts {st.counts}; online orders "
             f"{st.orders}, cancelled {st.cancelled}; holds placed {st.holds}, refused "
             f"{st.holds_refused}, collected {st.collected}, left to expire {st.left_to_expire}",
             f"oversells prevented (customers shown 0 for stock that was gone): {st.turned_away}"
@@ -107,7 +115,7 @@ class Board:
         self.console.print(Panel(
             f"{st.sales} store sales, {st.returns} returns, {st.counts} counts, "
             f"{st.edi_files} warehouse EDI file(s)\n"
-            f"{st.orders} webshop orders ({st.cancelled} cancelled), {st.turned_away} customers "
+            f"{st.orders} online orders ({st.cancelled} cancelled), {st.turned_away} customers "
             f"turned away by an accurate 'sold out' (oversells prevented)\n"
             f"{st.holds} click-and-collect holds ({st.collected} collected, "
             f"{st.left_to_expire} left to expire, {st.holds_refused} refused for lack of stock)\n"
