@@ -83,6 +83,8 @@ async def read_json(request: web.Request) -> Any:
     body = await request.read()
     try:
         return json.loads(body)
+    except RecursionError:
+        raise web.HTTPBadRequest(reason="body is not JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise web.HTTPBadRequest(reason=f"body is not JSON: {exc}"[:200]) from None
 

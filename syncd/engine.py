@@ -546,8 +546,14 @@ class Engine:
     # -- failure --------------------------------------------------------------------------------
 
     async def _fail(self, works: list[_Work], exc: BaseException) -> None:
-        """Nothing of the batch is committed: reload what it touched, tell the sources."""
+        """Nothing of the batch is committed: tell the waiting sources at once (503, no PUBACK),
+        then reload what the batch touched from the database (retried until it answers)."""
         self.outbox.dirty |= self._flushed
+        for w in works:
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(CommitFailed(exc))
+            if w.inbound is not None and w.inbound.on_failure is not None:
+                await _call(w.inbound.on_failure, exc)
         keys: set[tuple[str, str]] = set()
         res_ids: set[str] = set()
         for w in works:
@@ -565,11 +571,6 @@ class Engine:
             for r in list(self.ledger.open.get(key, {}).values()):
                 res_ids.add(r.res_id)
         await self._restore(keys, res_ids)
-        for w in works:
-            if w.future is not None and not w.future.done():
-                w.future.set_exception(CommitFailed(exc))
-            if w.inbound is not None and w.inbound.on_failure is not None:
-                await _call(w.inbound.on_failure, exc)
 
     async def _restore(self, keys: set[tuple[str, str]], res_ids: set[str]) -> None:
         delay = 0.1
