@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
-__all__ = ["is_loopback", "retry_after", "service_url"]
+from aiohttp import web
+
+__all__ = ["is_loopback", "retry_after", "serve_app", "service_url"]
 
 
 def is_loopback(host: str) -> bool:
@@ -48,3 +51,17 @@ def retry_after(headers: Mapping[str, str] | None, cap: float = 3600.0) -> float
     except ValueError:
         return None
     return value if 0 <= value <= cap else None
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve an aiohttp application on a free port of `host`; yields its base URL (the
+    simulators use this to run beside the tests and the demo)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    try:
+        yield f"http://{host}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

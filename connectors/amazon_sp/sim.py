@@ -65,6 +65,8 @@ from typing import Any
 
 from aiohttp import web
 
+from connectors._http import serve_app
+
 __all__ = [
     "DEFAULT_LIMITS",
     "AmazonSpSim",
@@ -863,15 +865,8 @@ def create_app(sim: AmazonSpSim) -> web.Application:
 async def running_sim(sim: AmazonSpSim, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Serve `sim` on a free loopback port; yields its base URL (`http://127.0.0.1:PORT`). The
     SP-API endpoint is that URL and the LWA token URL is `{url}/auth/o2/token`."""
-    runner = web.AppRunner(create_app(sim), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(create_app(sim), host) as url:
+        yield url
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -53,6 +53,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from connectors._http import serve_app
+
 from . import gql
 from .mapping import sign
 
@@ -1063,15 +1065,8 @@ def create_app(sim: ShopifySim | None = None, **kwargs: Any) -> web.Application:
 @contextlib.asynccontextmanager
 async def running_sim(sim: ShopifySim, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Serve `sim` on a free loopback port; yields its shop URL (`http://127.0.0.1:PORT`)."""
-    runner = web.AppRunner(create_app(sim), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(create_app(sim), host) as url:
+        yield url
 
 
 def main(argv: Sequence[str] | None = None) -> None:

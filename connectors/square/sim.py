@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from connectors._http import serve_app
+
 from .mapping import COUNT_UPDATED, IN_STOCK, ITEM_VARIATION, SIGNATURE_HEADER, sign
 
 __all__ = ["INVENTORY_STATES", "SquareSim", "WebhookResult", "create_app", "running_sim"]
@@ -428,14 +430,8 @@ def create_app(sim: SquareSim | None = None) -> web.Application:
 @contextlib.asynccontextmanager
 async def running_sim(sim: SquareSim, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Serve `sim` on a free loopback port; yields its base URL (`http://127.0.0.1:PORT`)."""
-    runner = web.AppRunner(create_app(sim), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    try:
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(create_app(sim), host) as url:
+        yield url
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -65,6 +65,8 @@ import aiohttp
 from aiohttp import web
 from multidict import MultiMapping
 
+from connectors._http import serve_app
+
 from .mapping import sign
 
 __all__ = ["WebhookResult", "WooSim", "create_app", "php_json", "running_sim"]
@@ -690,16 +692,9 @@ def create_app(sim: WooSim | None = None, **kwargs: Any) -> web.Application:
 @contextlib.asynccontextmanager
 async def running_sim(sim: WooSim, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Serve `sim` on a free loopback port; yields the site URL (`http://127.0.0.1:PORT`)."""
-    runner = web.AppRunner(create_app(sim), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        sim.site_url = f"http://{host}:{port}"
-        yield sim.site_url
-    finally:
-        await runner.cleanup()
+    async with serve_app(create_app(sim), host) as url:
+        sim.site_url = url
+        yield url
 
 
 def main(argv: Sequence[str] | None = None) -> None:
