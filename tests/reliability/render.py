@@ -166,8 +166,8 @@ def render(doc: dict[str, Any]) -> str:
       "`syncd_db_up` is 0 and `syncd_db_errors_total` grows; reads are served from memory; the "
       "write is refused with 503 `database_unavailable` and is not in the ledger; once the "
       f"lock is gone `/readyz` is 200 again after {_get(doc, dl, 'ready_again_after_s')} s and "
-      f"the client's retry is applied. But the refused write was answered only after "
-      f"{_get(doc, dl, 'write_answered_503_after_s')} s, when the lock cleared (problem 2). "
+      f"the client's retry is applied. The refused write was answered after "
+      f"{_get(doc, dl, 'write_answered_503_after_s')} s (problem 2, fixed). "
       f"A SIGTERM right after such a recovery exits 0 (problem 3, fixed). {_cmd(doc, dl)}")
     w(f"- **Disk full** ({_get(doc, df, 'filesystem')} mounted for the state directory, then "
       "filled): the next commit fails, the batch is answered 503 `database_unavailable` at "
@@ -242,12 +242,10 @@ PROBLEMS = """\
    replay then refuses the hold when the sale took the last unit: replay ≠ state. Fix: write
    every row in application order (claim commands with the others and fix their outcome, or
    store a position within the batch and replay by `(id, position)`).
-2. **A write during a long database lock is not answered until the lock clears**
-   (`test_database.py::test_a_write_is_refused_promptly_while_the_database_stays_locked`).
-   `Engine._fail` reloads the touched state (`_restore`, retried for ever, and its reads take
-   the write lock because every SQLite transaction begins `IMMEDIATE`) before it fails the
-   waiting futures and `on_failure` callbacks. Fix: fail the waiters first, then restore; read
-   with a deferred transaction (WAL readers are not blocked by a writer).
+2. **A write during a long database lock was not answered until the lock cleared**: fixed
+   (`Engine._fail` now answers the waiting requests and `on_failure` callbacks first, then
+   reloads the touched state); `test_database.py::
+   test_a_write_is_refused_promptly_while_the_database_stays_locked` guards it.
 3. **SIGTERM could hang after a failed commit**: fixed while this suite was written
    (8523043, 0688ca6); `test_database.py::test_shutdown_after_a_commit_failure_completes` now
    guards it. `Engine._next_batch` awaited `gather(getter, poker)` inside
@@ -262,10 +260,9 @@ PROBLEMS = """\
    asyncio reader of the paho socket) while more than `RECEIVE_MAXIMUM` deliveries are
    buffered, so TCP flow control keeps the backlog at the broker; or cap aiomqtt's queue and
    reconnect to have the dropped, unacknowledged messages re-sent.
-5. **`POST /v1/holds` answers 500 to a deeply nested JSON body** (`test_fuzz.py::
-   test_http_deeply_nested_hold_body_is_a_400`). `syncd.api.read_json` catches `ValueError`
-   and `UnicodeDecodeError` but not the `RecursionError` that `json.loads` raises past ~1,000
-   levels (10 KB of `[`). Fix: catch `RecursionError` there too (as `syncd.wire._load` does).
+5. **`POST /v1/holds` answered 500 to a deeply nested JSON body**: fixed (`syncd.api.read_json`
+   catches `RecursionError` as `syncd.wire._load` does); `test_fuzz.py::
+   test_http_deeply_nested_hold_body_is_a_400` guards it.
 """
 
 
