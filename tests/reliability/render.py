@@ -167,7 +167,7 @@ def render(doc: dict[str, Any]) -> str:
       "write is refused with 503 `database_unavailable` and is not in the ledger; once the "
       f"lock is gone `/readyz` is 200 again after {_get(doc, dl, 'ready_again_after_s')} s and "
       f"the client's retry is applied. The refused write was answered after "
-      f"{_get(doc, dl, 'write_answered_503_after_s')} s (problem 2, fixed). "
+      f"{_get(doc, dl, 'write_answered_503_after_s')} s. "
       f"A SIGTERM right after such a recovery exits 0 (problem 3, fixed). {_cmd(doc, dl)}")
     w(f"- **Disk full** ({_get(doc, df, 'filesystem')} mounted for the state directory, then "
       "filled): the next commit fails, the batch is answered 503 `database_unavailable` at "
