@@ -310,7 +310,8 @@ class Engine:
         changes = Changes()
         staged = _Staged()
         verdicts: list[list[Verdict]] = []
-        command_rows: list[tuple[Any, ...]] = []
+        kept: set[tuple[str, str]] = set()  # commands applied in this batch
+        unclaim: set[tuple[str, str]] = set()  # commands claimed here but not applied
         fixes: list[tuple[str, str | None, str, str]] = []
         counted: Counter[tuple[str, str, str]] = Counter()
         seqs: dict[tuple[str, str], int] = {}
@@ -328,16 +329,19 @@ class Engine:
             self._next_flush = loop.time() + self.outbox_flush_every
 
         async with self.db.begin() as conn:
-            # rule 1: claiming the ledger rows is the deduplication (unique connector+event_id)
+            # rule 1: claiming the ledger rows is the deduplication (unique connector+event_id).
+            # Commands are claimed in the same insert so that the ledger's order is the order of
+            # application (a replay must meet a hold before the sale that followed it); they are
+            # judged by the reservation state, not by their row, and the rows of the commands
+            # that were not applied are taken back below.
             claim: list[tuple[Any, ...]] = []
             seen: set[tuple[str, str]] = set()
             for w in works:
                 for ev in w.events:
-                    if ev.type not in COMMAND_TYPES:
-                        ident = (ev.connector, ev.event_id)
-                        if ident not in seen:
-                            seen.add(ident)
-                            claim.append(repo.event_row(ev, now, _APPLIED, ""))
+                    ident = (ev.connector, ev.event_id)
+                    if ident not in seen:
+                        seen.add(ident)
+                        claim.append(repo.event_row(ev, now, _APPLIED, ""))
             fresh = await repo.claim_events(conn, claim)
             await self._prefetch(conn, [ev for w in works for ev in w.events])
             for w in works:
@@ -351,6 +355,7 @@ class Engine:
                         if typ is _ORDER:
                             v.reservation = self.ledger.reservations.get(_res_id_of(ev))
                     else:
+                        claimed = ident in fresh
                         fresh.discard(ident)  # a repeat later in this batch is a duplicate
                         if typ is _CHANNEL_LEVEL:
                             v = self._judge_drift(ev, staged)
@@ -358,7 +363,9 @@ class Engine:
                             v = apply(ev, now, changes)
                         if is_command:
                             if v.outcome is Outcome.APPLIED:
-                                command_rows.append(repo.event_row(ev, now, _APPLIED, ""))
+                                kept.add(ident)
+                            elif claimed:
+                                unclaim.add(ident)
                         elif v.outcome is not Outcome.APPLIED:
                             fixes.append((v.outcome.value, v.reason or None, *ident))
                     if ev.seq is not None and ev.source is not None:
@@ -371,7 +378,7 @@ class Engine:
 
             self._stage_figures(changes, staged, now)
             await repo.set_outcomes(conn, fixes)
-            await repo.insert_events(conn, command_rows)
+            await repo.unclaim_events(conn, unclaim - kept)
             levels = self.ledger.levels
             await repo.upsert_levels(conn, [
                 repo.level_row(sku, loc, levels[(sku, loc)]) for sku, loc in changes.levels

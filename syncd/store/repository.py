@@ -33,13 +33,13 @@ __all__ = [
     "claim_events",
     "count_holds",
     "insert_dead_letters",
-    "insert_events",
     "iter_events",
     "load_levels",
     "load_outbox",
     "load_reservations",
     "load_sources",
     "set_outcomes",
+    "unclaim_events",
     "upsert",
     "upsert_levels",
     "upsert_outbox",
@@ -152,10 +152,6 @@ def event_row(ev: Event, applied_at: int, outcome: str, reason: str) -> tuple[An
     )
 
 
-async def insert_events(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await _write_tuples(conn, events, EVENT_COLS, (), rows)
-
-
 EVENT_COLS = ("connector", "event_id", "type", "sku", "location", "qty", "occurred_at",
               "applied_at", "outcome", "reason", "source", "seq", "hold_id", "order_id",
               "channel", "expires_at", "remote_location")
@@ -226,6 +222,21 @@ async def set_outcomes(conn: AsyncConnection, fixes: Sequence[tuple[str, str | N
     else:
         sql = "UPDATE events SET outcome = ?, reason = ? WHERE connector = ? AND event_id = ?"
     await conn.exec_driver_sql(sql, list(fixes))
+
+
+async def unclaim_events(conn: AsyncConnection, idents: Iterable[tuple[str, str]]) -> None:
+    """Take back claimed rows of commands that were not applied (a refused or repeated hold).
+
+    A command is judged by the reservation it names, not by its row, so a refused command keeps
+    no row: the ledger holds exactly what was applied, in the order it was applied."""
+    rows = list(idents)
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        sql = "DELETE FROM events WHERE connector = $1 AND event_id = $2"
+    else:
+        sql = "DELETE FROM events WHERE connector = ? AND event_id = ?"
+    await conn.exec_driver_sql(sql, rows)
 
 
 async def iter_events(conn: AsyncConnection) -> list[tuple[Event, int, str]]:
