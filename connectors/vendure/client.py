@@ -245,7 +245,7 @@ class AdminClient:
                     "Vendure refused the request ("
                     + ("API key" if self._api_key is not None else "fresh session")
                     + f"): {message}; check the administrator's permissions "
-                    "(ReadCatalog, UpdateCatalog, ReadOrder, ReadStockLocation)"[:500]
+                    "(ReadCatalog, UpdateCatalog, ReadOrder)"[:500]
                 )
             self.ok = True
             if errors:

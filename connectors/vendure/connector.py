@@ -239,8 +239,11 @@ class VendureConnector:
     per_location = True
     basis = "on_hand_less_foreign"
 
-    def __init__(self, name: str, config: VendureConfig, context: ConnectorContext) -> None:
+    def __init__(
+        self, name: str, config: VendureConfig, context: ConnectorContext, *, page_size: int = PAGE
+    ) -> None:
         self.name = name
+        self.page_size = page_size  # orders and variants per list page
         self.config = config
         self.context = context
         self.max_batch = config.batch_size
@@ -371,7 +374,7 @@ class VendureConnector:
         skip = 0
         for _ in range(_MAX_PAGES):
             data = await self.client.execute(
-                _STOCK_LOCATIONS, {"options": {"take": PAGE, "skip": skip}}
+                _STOCK_LOCATIONS, {"options": {"take": self.page_size, "skip": skip}}
             )
             page = data.get("stockLocations") or {}
             items = page.get("items") if isinstance(page, dict) else None
@@ -416,7 +419,7 @@ class VendureConnector:
             skip = 0
             for _ in range(_MAX_PAGES):
                 options = {
-                    "take": PAGE,
+                    "take": self.page_size,
                     "skip": skip,
                     "filter": {"sku": {"in": chunk}},
                     "sort": {"id": "ASC"},
@@ -683,7 +686,7 @@ class VendureConnector:
 
     def _scan_options(self, skip: int) -> dict[str, Any]:
         return {
-            "take": PAGE,
+            "take": self.page_size,
             "skip": skip,
             "filter": {"orderPlacedAt": {"isNull": False}, "state": {"notIn": _OPEN_EXCLUDED}},
             "sort": {"orderPlacedAt": "ASC", "id": "ASC"},
@@ -694,7 +697,7 @@ class VendureConnector:
             self._hwm = time.time_ns() // 1000 - int(self.config.order_lookback * 1e6)
         after = mapping.format_datetime(self._hwm - OVERLAP_US)
         return {
-            "take": PAGE,
+            "take": self.page_size,
             "skip": skip,
             "filter": {
                 "active": {"eq": False},
