@@ -21,10 +21,11 @@ skipped. That is safe: the session is persistent (MQTT v5, fixed client id, `cle
 connection, and the engine deduplicates by `event_id`. If a commit fails, the connector drops
 the connection on purpose so that the broker re-sends what was not acknowledged.
 
-Back-pressure: at most `RECEIVE_MAXIMUM` unacknowledged messages are in flight (the v5 Receive
-Maximum, which the broker honours), and the hand-over to the engine is a bounded queue: a slow
-engine means fewer acks, which means the broker stops sending and keeps the rest queued for our
-session.
+Back-pressure: at most `RECEIVE_MAXIMUM` unacknowledged messages are in flight. We ask the
+broker for that (the v5 Receive Maximum) and enforce it ourselves (`_gate.ReadGate` stops reading
+the socket, because mosquitto 2.0.11 overshoots when it replays a stored session), and the
+hand-over to the engine is a bounded queue: a slow engine means fewer acks, which means we stop
+reading and the broker keeps the rest queued for our session.
 
 Per-source sequence numbers detect messages that never arrived (a till that lost its own
 outbox, a bridge with QoS 0): on a gap the till is asked for fresh counts on
@@ -60,6 +61,7 @@ from connectors.base import (
     TransientPushError,
     WebhookReply,
 )
+from connectors.mqtt_pos._gate import ReadGate
 from syncd.model import Channel, Event, Reservation, ReservationKind, from_micros
 from syncd.wire import MalformedMessage, parse_message, topic_sku
 
@@ -126,6 +128,8 @@ class _Connection:
     client: aiomqtt.Client
     paho: paho_mqtt.Client
     generation: int
+    gate: ReadGate
+    subscribed: bool = False
     lost: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -276,20 +280,21 @@ class MqttPosConnector:
         failures = 0
         while not self._closing:
             client, paho = self._new_client()
-            conn = _Connection(client, paho, self._generation + 1)
+            conn = _Connection(client, paho, self._generation + 1,
+                               ReadGate(paho, RECEIVE_MAXIMUM))
             self._watch(conn)
             try:
                 async with client:
                     self._generation = conn.generation
-                    await client.subscribe(self._events_filter, qos=1)
                     self._conn = conn
-                    self._up.set()
-                    self.stats.connections += 1
-                    log.info("connected to %s as %s (connection %d)", self._where(),
-                             self.client_id, conn.generation, extra=self._log_extra)
-                    failures = 0
-                    async for message in client.messages:
-                        await self._receive(conn, message)
+                    # The session's queued messages arrive before the SUBACK: consume them
+                    # while subscribing, or a backlog larger than the window blocks the SUBACK.
+                    subscribing = asyncio.create_task(self._subscribe(conn))
+                    try:
+                        async for message in client.messages:
+                            await self._receive(conn, message)
+                    finally:
+                        subscribing.cancel()
             except aiomqtt.MqttError as exc:
                 if self._stopping():
                     break
@@ -309,11 +314,30 @@ class MqttPosConnector:
                 self._mark_lost(conn)
                 if self._conn is conn:
                     self._conn = None
+                if conn.subscribed:
+                    failures = 0  # it was up: the next attempt starts from the short delay
             if self._stopping():
                 break
             delay = self._backoff(failures)
             failures += 1
             await asyncio.sleep(delay)
+
+    async def _subscribe(self, conn: _Connection) -> None:
+        try:
+            await conn.client.subscribe(self._events_filter, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("cannot subscribe on %s: %s; reconnecting", self._where(), exc,
+                        extra=self._log_extra)
+            self._mark_lost(conn)
+            conn.paho.disconnect()
+            return
+        if conn.lost.is_set():
+            return
+        conn.subscribed = True
+        self._up.set()
+        self.stats.connections += 1
+        log.info("connected to %s as %s (connection %d)", self._where(), self.client_id,
+                 conn.generation, extra=self._log_extra)
 
     # -- inbound --------------------------------------------------------------------------------
 
@@ -372,6 +396,7 @@ class MqttPosConnector:
                             paho_mqtt.error_string(rc), extra=self._log_extra)
                 return
             self.stats.acked += 1
+            conn.gate.acked()
 
         return ack
 

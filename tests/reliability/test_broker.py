@@ -176,11 +176,6 @@ async def _backlog_peak(tmp_path: Path, broker: MosquittoServer, n: int) -> tupl
     return baseline, peak
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the MQTT POS connector relies on the broker honouring its MQTT v5 Receive Maximum (1000); "
-    "mosquitto 2.0.11 sends thousands more unacknowledged QoS 1 messages, and aiomqtt buffers "
-    "them in an unbounded queue, so the daemon's peak memory grows with the backlog "
-    "(about +3 KB per waiting message) instead of staying bounded"))
 async def test_memory_under_a_backlog_does_not_grow_with_the_backlog(
     tmp_path: Path, mosquitto: MosquittoServer, request: pytest.FixtureRequest
 ) -> None:
