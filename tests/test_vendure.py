@@ -27,21 +27,25 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from connectors._http import serve_app
 from connectors.base import (
     Connector,
     ConnectorContext,
     PermanentPushError,
     PushItem,
     PushStatus,
+    TransientPushError,
 )
 from connectors.http_source import HttpSourceConnector
 from connectors.vendure import VendureConfig, VendureConnector
 from connectors.vendure import mapping as vmap
+from connectors.vendure.client import _errors
 from syncd.app import Daemon
 from syncd.config import parse_config
 from syncd.engine import Engine
@@ -395,6 +399,81 @@ async def test_an_api_key_needs_no_login(vendure: VendureServer) -> None:
                 await conn.push("vshop", [item(sku, "paris", 7, version=2)])
     finally:
         del os.environ["VENDURE_TEST_API_KEY"]
+
+
+@asynccontextmanager
+async def flaky_proxy(target: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A reverse proxy in front of the real Vendure (as a load balancer would be) that can answer
+    5xx or hold requests past the connector's timeout."""
+    control: dict[str, Any] = {"fail": 0, "delay": 0.0}
+    async with aiohttp.ClientSession() as upstream:
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if control["fail"] > 0:
+                control["fail"] -= 1
+                return web.Response(
+                    status=503,
+                    text="<html>upstream unavailable</html>",
+                    headers={"Retry-After": "0"},
+                )
+            if control["delay"]:
+                await asyncio.sleep(control["delay"])
+            keep = ("content-type", "authorization", "vendure-token", "vendure-api-key")
+            headers = {k: v for k, v in request.headers.items() if k.lower() in keep}
+            async with upstream.post(target, data=await request.read(), headers=headers) as resp:
+                out = {
+                    k: v
+                    for k, v in resp.headers.items()
+                    if k.lower() in ("content-type", "vendure-auth-token")
+                }
+                return web.Response(status=resp.status, body=await resp.read(), headers=out)
+
+        app = web.Application()
+        app.router.add_post("/admin-api", handle)
+        async with serve_app(app) as url:
+            yield f"{url}/admin-api", control
+
+
+async def test_5xx_and_timeouts_are_transient_and_polling_recovers(
+    vendure: VendureServer,
+) -> None:
+    sku = unique("FLAKY")
+    vid = vendure.create_variant(sku)
+    async with (
+        flaky_proxy(vendure.admin_url) as (url, control),
+        connected(vendure, admin_api_url=url, timeout="500ms") as conn,
+    ):
+        control["fail"] = 1
+        with pytest.raises(TransientPushError, match="HTTP 503") as info:
+            await conn.push("vshop", [item(sku, "lyon", 2)])
+        assert info.value.retry_after == 0
+        control["delay"] = 2.0
+        with pytest.raises(TransientPushError, match=r"did not answer within 0\.5s"):
+            await conn.push("vshop", [item(sku, "lyon", 2)])
+        control["delay"] = 0.0
+        assert (await conn.push("vshop", [item(sku, "lyon", 2)]))[0].status is PushStatus.OK
+        assert vendure.on_hand(vid)["lyon"] == 2
+
+        # the order poller reports the outage and carries on
+        async def drain() -> None:
+            async for inbound in conn.events():  # acknowledged without an engine
+                done = inbound.on_commit() if inbound.on_commit else None
+                if done is not None:
+                    await done
+
+        task = asyncio.create_task(drain())
+        await until(lambda: conn.passes >= 1 and conn.connected)
+        control["fail"] = 2
+        await until(lambda: not conn.poll_ok and not conn.connected)
+        await until(lambda: conn.poll_ok and conn.connected)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    documented = fixture("errors.json")
+    assert _errors(documented["forbidden"]) == [
+        ("FORBIDDEN", "You are not currently authorized to perform this action")
+    ]
+    assert _errors(documented["entity_not_found"])[0][0] == "ENTITY_NOT_FOUND"
 
 
 # -- the engine, the pushers and the order poller -----------------------------------------------
