@@ -139,8 +139,15 @@ def render(doc: dict[str, Any]) -> str:
       f"{_get(doc, ts, 'storm_s')} s while sales go on: {_get(doc, ts, 'calls')} calls "
       f"({_get(doc, ts, 'calls_per_s')}/s, {_get(doc, ts, 'throttled_answers')} of them "
       f"answered `THROTTLED`), no tight loop, every figure correct "
-      f"{_get(doc, ts, 'catch_up_s')} s after the storm. Amazon's 429 bursts are not covered yet "
-      "(the `amazon_sp` connector is still being built). {cmd}\n".replace("{cmd}", _cmd(doc, ts)))
+      f"{_get(doc, ts, 'catch_up_s')} s after the storm. {_cmd(doc, ts)}\n")
+    az = "amazon_throttle_storm"
+    w(f"Amazon 429 storm (`test_throttle_amazon.py`): another app of the seller empties the "
+      f"`patchListingsItem` bucket (5/s, burst 5) every 300 ms for {_get(doc, az, 'storm_s')} s "
+      f"while the warehouse posts {_get(doc, az, 'counts_posted')} counts of "
+      f"{_get(doc, az, 'skus')} SKUs: {_get(doc, az, 'patch_calls')} PATCH calls "
+      f"({_get(doc, az, 'calls_per_s')}/s, {_get(doc, az, 'throttled_answers')} answered 429 "
+      f"`QuotaExceeded`), no tight loop, every listing at the last count "
+      f"{_get(doc, az, 'catch_up_s')} s after the storm and the outbox empty. {_cmd(doc, az)}\n")
     w("### Broker restart and flood (`test_broker.py`)\n")
     br, fl = "broker_restart", "flood"
     w(f"mosquitto restarted in the middle of {_get(doc, br, 'published')} QoS 1 sales: "
@@ -154,11 +161,12 @@ def render(doc: dict[str, Any]) -> str:
       f"applied once; peak RSS {_mib(_get(doc, fl, 'peak_rss_kib'))} (idle "
       f"{_mib(_get(doc, fl, 'rss_kib_baseline'))}). {_cmd(doc, fl)}\n")
     bm = "backlog_memory"
-    w(f"Memory is *not* independent of the backlog with this broker (problem 4): a daemon "
-      f"starting with {_get(doc, bm, 'backlog_small')} messages waiting for its session peaked "
+    w(f"Memory under a backlog (problem 4, fixed): a daemon starting with "
+      f"{_get(doc, bm, 'backlog_small')} messages waiting for its session peaked "
       f"{_mib(_get(doc, bm, 'small_peak_growth_kib'))} above its idle RSS, with "
       f"{_get(doc, bm, 'backlog_big')} waiting {_mib(_get(doc, bm, 'big_peak_growth_kib'))} "
-      f"above. {_cmd(doc, bm)} (a strict xfail)\n")
+      f"above: the connector stops reading the socket at 1,000 unacknowledged messages, so the "
+      f"backlog stays at the broker. {_cmd(doc, bm)}\n")
     w("### Database trouble (`test_database.py`)\n")
     dl, df = "database_locked", "disk_full"
     w(f"- **Locked by another process** (`BEGIN EXCLUSIVE` held {_get(doc, dl, 'locked_s')} s, "
@@ -204,8 +212,7 @@ def render(doc: dict[str, Any]) -> str:
       f"never values. Found: **{_get(doc, 'secrets', 'leaks')}**.\n")
 
     w("## Problems found\n")
-    w("Each open one is a strict `xfail` test (it fails for the reason given, so it turns into "
-      "an XPASS, hence a failure, the day it is fixed: then drop the marker).\n")
+    w("All of them are fixed; each is guarded by the test it names.\n")
     w(PROBLEMS)
     return "\n".join(out) + "\n"
 
@@ -235,13 +242,13 @@ of the server clock, and export the observed skew per source as a metric.
 """
 
 PROBLEMS = """\
-1. **The ledger order of a batch is not its application order** (`test_clock_skew.py::
-   test_replay_of_a_batch_mixing_a_hold_and_a_sale_equals_the_state`). `Engine._process`
-   claims (inserts) the non-command rows of a batch first and inserts the applied command rows
-   (holds) after them, so the `events` table lists a hold after a sale that came after it. A
-   replay then refuses the hold when the sale took the last unit: replay ≠ state. Fix: write
-   every row in application order (claim commands with the others and fix their outcome, or
-   store a position within the batch and replay by `(id, position)`).
+1. **The ledger order of a batch was not its application order**: fixed. `Engine._process`
+   claimed (inserted) the non-command rows of a batch first and the applied command rows
+   (holds) after them, so a replay could refuse a hold when a later sale of the same batch took
+   the last unit: replay ≠ state. Commands are now claimed in the same insert, in application
+   order, and the rows of commands that were not applied are deleted in the same transaction;
+   `test_clock_skew.py::test_replay_of_a_batch_mixing_a_hold_and_a_sale_equals_the_state`
+   guards it.
 2. **A write during a long database lock was not answered until the lock cleared**: fixed
    (`Engine._fail` now answers the waiting requests and `on_failure` callbacks first, then
    reloads the touched state); `test_database.py::
@@ -251,15 +258,14 @@ PROBLEMS = """\
    guards it. `Engine._next_batch` awaited `gather(getter, poker)` inside
    `contextlib.suppress(asyncio.CancelledError)`, which swallowed a cancellation of the engine
    task itself, so `Engine.stop()` could await it for ever.
-4. **Memory under an MQTT backlog grows with the backlog** (`test_broker.py::
-   test_memory_under_a_backlog_does_not_grow_with_the_backlog`). The connector relies on the
-   broker honouring its MQTT v5 Receive Maximum (1000) for back-pressure, but mosquitto 2.0.11
-   (Debian 12) sent thousands more unacknowledged QoS 1 messages (up to ~15,000 measured
-   waiting inside the daemon), and aiomqtt buffers them in an unbounded queue: about +3 KB per
-   waiting message. Fix: do not depend on the broker — stop reading the socket (remove the
-   asyncio reader of the paho socket) while more than `RECEIVE_MAXIMUM` deliveries are
-   buffered, so TCP flow control keeps the backlog at the broker; or cap aiomqtt's queue and
-   reconnect to have the dropped, unacknowledged messages re-sent.
+4. **Memory under an MQTT backlog grew with the backlog**: fixed. The connector relied on the
+   broker honouring its MQTT v5 Receive Maximum (1000), but mosquitto 2.0.11 (Debian 12) sends
+   thousands more unacknowledged QoS 1 messages when it replays a stored session, and aiomqtt
+   buffers them without bound (about +3 KB per waiting message). `connectors/mqtt_pos/_gate.py`
+   now removes the paho socket from the event loop's readers at 1,000 unacknowledged messages
+   and reads again at 500, so TCP flow control keeps the backlog at the broker; the connector
+   also consumes while its SUBSCRIBE is pending (the SUBACK queues behind the backlog).
+   `test_broker.py::test_memory_under_a_backlog_does_not_grow_with_the_backlog` guards it.
 5. **`POST /v1/holds` answered 500 to a deeply nested JSON body**: fixed (`syncd.api.read_json`
    catches `RecursionError` as `syncd.wire._load` does); `test_fuzz.py::
    test_http_deeply_nested_hold_body_is_a_400` guards it.
