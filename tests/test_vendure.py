@@ -658,6 +658,34 @@ async def test_orders_placed_before_the_start_and_fulfilments_are_polled(
         assert duplicates._value.get() == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="syncd core: on_hand_less_foreign leaves out ALL of the channel's own reservations, "
+    "FULFILLED ones included, but Vendure lowers stockOnHand itself when it fulfils an order; "
+    "syncd then sends the old on-hand back (reconciliation, or any push of that location) and "
+    "Vendure over-sells the fulfilled units until the location's authority reports stock. "
+    "Fix in syncd/ledger.py or syncd/figures.py: count the channel's own FULFILLED reservations "
+    "as foreign for this basis.",
+)
+async def test_a_vendure_fulfilment_is_not_sold_again(
+    tmp_path: Path,
+    vendure: VendureServer,
+) -> None:
+    sku = unique("FULFIL")
+    vid = vendure.create_variant(sku)
+    async with syncd_with_vendure(tmp_path, vendure) as (engine, _conn, _web):
+        states = track(engine)
+        await engine.apply(counts(sku, lyon=10, paris=0))
+        await until(lambda: synced(engine) and vendure.on_hand(vid)["lyon"] == 10)
+        oid = vendure.place_order([(vid, 3)])
+        vendure.fulfil(oid, "Pending")  # Vendure records the sale: on hand 7, allocated 0
+        assert vendure.stock(vid)["lyon"] == (7, 0)
+        await until(lambda: states.get(f"order:vshop:{oid}:{sku}") is ReservationState.FULFILLED)
+        await until(lambda: synced(engine))
+        # what syncd would send Vendure now (and will, at the next reconciliation)
+        assert engine.outbox.rows[("vshop", sku, "lyon")].desired == 7
+
+
 async def test_drift_made_by_hand_is_corrected_by_reconciliation(
     tmp_path: Path,
     vendure: VendureServer,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors._orders import MAX_QTY, MAX_SKU, MappingError, line_event_id, order_lines
+from connectors._orders import MAX_QTY, MappingError, line_event_id, order_lines
 from syncd.model import Channel, Event, EventType, from_micros, to_micros
 
 __all__ = [
@@ -332,4 +332,4 @@ def parse_variant(doc: Any) -> Variant:
                 raise MappingError(f"variant {vid}: stockLevels[{i}].{what} is not a count")
         assert isinstance(on_hand, int) and isinstance(allocated, int)
         levels[loc] = StockLevel(on_hand, allocated)
-    return Variant(vid, sku.strip() if len(sku.strip()) <= MAX_SKU else sku, levels)
+    return Variant(vid, sku, levels)  # exactly as Vendure stores it: SKUs match exactly
