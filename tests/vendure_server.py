@@ -13,7 +13,8 @@ locations besides Vendure's "Default Stock Location".
 The helpers are synchronous (urllib): tests call them between awaits; each call is a few
 milliseconds on loopback.
 
-Measured on the dev VM: `npm ci` ≈ 50 s from an empty npm cache, boot ≈ 6–7 s, seeding ≈ 0.3 s.
+Measured on the dev VM (2 cores): `npm ci` 29 s with an empty npm cache, 43–50 s while the
+machine is busy; boot and seeding 6.5–10.5 s.
 """
 
 from __future__ import annotations
