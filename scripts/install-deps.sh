@@ -5,7 +5,7 @@
 #
 #   apt:  mosquitto postgresql prometheus (real servers for integration tests, started by
 #         tests/servers.py on private ports) and systemd (systemd-analyze verifies our units);
-#         python3 + pip when missing.
+#         python3 + pip, nodejs + npm (a real Vendure for its tests) when missing.
 #   pip:  this repo, editable, with the `test` extra.
 #
 # Needs root for apt (uses sudo when not root). The distro services of mosquitto/postgresql/
@@ -63,6 +63,11 @@ if ! command -v python3 >/dev/null 2>&1; then
   missing+=(python3 python3-pip python3-venv)
 elif ! python3 -m pip --version >/dev/null 2>&1; then
   missing+=(python3-pip)
+fi
+# Node.js + npm: the Vendure tests run a real Vendure server (tests/vendure, `npm ci` by the
+# fixture). The image ships Node 20; Debian's nodejs is the fallback.
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

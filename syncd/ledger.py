@@ -89,13 +89,20 @@ class Ledger:
     def reserved(
         self, sku: str, location: str, now: int, only_foreign_to: str | None = None
     ) -> int:
-        """Reservations counted at `now`; with `only_foreign_to`, those of other channels only."""
+        """Reservations counted at `now`; with `only_foreign_to`, all but that channel's own
+        unshipped orders.
+
+        `only_foreign_to` serves channels that subtract their own allocations (Vendure): their
+        ACTIVE orders are already allocated there, so they are left out. A FULFILLED one is not:
+        the channel took it off its own on-hand when it shipped, while syncd's on-hand keeps it
+        until the location's authority reports, so it is subtracted like anyone else's."""
         bucket = self.open.get((sku, location))
         if not bucket:
             return 0
         total = 0
         for r in bucket.values():
-            if only_foreign_to is not None and r.channel == only_foreign_to:
+            if (only_foreign_to is not None and r.channel == only_foreign_to
+                    and r.state is not ReservationState.FULFILLED):
                 continue
             if r.counts_at(now):
                 total += r.qty

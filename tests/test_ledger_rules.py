@@ -140,6 +140,23 @@ def test_rule6_fulfilled_order_stays_counted_until_authority_reports_after_it() 
     assert r.state is ReservationState.SETTLED
 
 
+def test_own_orders_are_left_out_for_a_channel_that_allocates_them_until_shipped() -> None:
+    """`only_foreign_to` (Vendure's basis): the channel's unshipped orders are its own
+    allocations, left out; once shipped, it took them off its own on-hand, so they count."""
+    lg = ledger()
+    apply(lg, ev(E.COUNT, qty=10, at=T0))
+    lg.apply(order(qty=2), T0, Changes())  # type: ignore[arg-type]
+    assert lg.reserved("SKU-1", "paris", T0) == 2
+    assert lg.reserved("SKU-1", "paris", T0, only_foreign_to="web") == 0
+    assert lg.reserved("SKU-1", "paris", T0, only_foreign_to="kiosk") == 2
+    ship = T0 + 60 * SEC
+    lg.apply(ev(E.ORDER_FULFILLED, qty=0, location=None, connector="shop", channel="web",
+                order_id="O1", at=ship), ship, Changes())
+    assert lg.reserved("SKU-1", "paris", ship, only_foreign_to="web") == 2
+    apply(lg, ev(E.SALE, qty=2, at=ship))  # the store reports the shipment: settled
+    assert lg.reserved("SKU-1", "paris", ship, only_foreign_to="web") == 0
+
+
 def test_rule6_fulfilment_after_a_later_count_settles_at_once() -> None:
     lg = ledger()
     apply(lg, ev(E.COUNT, qty=10, at=T0))

@@ -658,15 +658,6 @@ async def test_orders_placed_before_the_start_and_fulfilments_are_polled(
         assert duplicates._value.get() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="syncd core: on_hand_less_foreign leaves out ALL of the channel's own reservations, "
-    "FULFILLED ones included, but Vendure lowers stockOnHand itself when it fulfils an order; "
-    "syncd then sends the old on-hand back (reconciliation, or any push of that location) and "
-    "Vendure over-sells the fulfilled units until the location's authority reports stock. "
-    "Fix in syncd/ledger.py or syncd/figures.py: count the channel's own FULFILLED reservations "
-    "as foreign for this basis.",
-)
 async def test_a_vendure_fulfilment_is_not_sold_again(
     tmp_path: Path,
     vendure: VendureServer,

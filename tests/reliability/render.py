@@ -43,7 +43,8 @@ def render(doc: dict[str, Any]) -> str:
     w("syncd promises that nothing acknowledged is lost, nothing is applied twice, and nobody "
       "gets in who should not. `tests/reliability/` checks it under faults, bad input and abuse, "
       "against real processes on loopback: `syncd run` as a subprocess on SQLite, mosquitto, the "
-      "Shopify and Amazon SP-API simulators over HTTP. This file is generated from the figures of **one run** of "
+      "Shopify and Amazon SP-API simulators over HTTP. This file is generated from the figures "
+      "of **one run** of "
       "that suite (`tests/reliability/render.py`); each figure names the command that produced "
       "it.\n")
     w(f"Run: {run.get('finished', 'n/a')}, {run.get('seconds', 'n/a')} s for the whole suite, "
