@@ -21,15 +21,30 @@ class Figures:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.by_location: dict[str, list[Channel]] = {}
+        # location -> (channel, channel-side key, cap) of the channels whose figure for that
+        # location depends on that location alone (per location, on the "available" basis)
+        self.direct: dict[str, list[tuple[str, str, int]]] = {}
+        # location -> the channels whose figures combine locations (pooled, or another basis)
+        self.combined: dict[str, list[Channel]] = {}
         self.reindex()
 
     def reindex(self) -> None:
-        """Rebuild the location -> channels index (start, reload)."""
+        """Rebuild the location -> channels indexes (start, reload)."""
         by_loc: dict[str, list[Channel]] = {}
+        direct: dict[str, list[tuple[str, str, int]]] = {}
+        combined: dict[str, list[Channel]] = {}
+        known = self.ledger.config.locations
         for ch in self.ledger.config.channels.values():
+            remote = dict(ch.location_map) if ch.location_map else None
+            simple = ch.basis == "available" and (remote is not None or ch.per_location)
             for loc in ch.sells_from:
                 by_loc.setdefault(loc, []).append(ch)
-        self.by_location = by_loc
+                if not simple:
+                    combined.setdefault(loc, []).append(ch)
+                elif loc in known and (remote is None or loc in remote):
+                    key = loc if remote is None else remote[loc]
+                    direct.setdefault(loc, []).append((ch.name, key, ch.max_quantity))
+        self.by_location, self.direct, self.combined = by_loc, direct, combined
 
     def of(self, ch: Channel, sku: str, now: int,
            only: set[str] | None = None) -> dict[str, int]:
@@ -61,9 +76,15 @@ class Figures:
     ) -> Iterator[tuple[tuple[str, str, str], int]]:
         """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch."""
         touched: dict[tuple[str, str], set[str]] = {}  # (sku, channel) -> moved locations
-        by_loc = self.by_location
+        direct, combined = self.direct, self.combined
+        avail = self.ledger.avail
         for sku, loc in keys:
-            for ch in by_loc.get(loc, ()):
+            simple = direct.get(loc)
+            if simple:
+                a = avail(sku, loc, now)
+                for ch_name, remote, cap in simple:
+                    yield (ch_name, sku, remote), (a if a < cap else cap) if a > 0 else 0
+            for ch in combined.get(loc, ()):
                 touched.setdefault((sku, ch.name), set()).add(loc)
         channels = self.ledger.config.channels
         for (sku, ch_name), locs in touched.items():

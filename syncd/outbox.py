@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from connectors.base import PushItem
 
@@ -43,6 +44,7 @@ class Outbox:
         self.pending: dict[str, dict[tuple[str, str], None]] = {}
         self.dirty: set[OKey] = set()
         self._wake: dict[str, asyncio.Event] = {}
+        self._coalesced: dict[str, Any] = {}  # channel -> its labelled counter
         for key, row in self.rows.items():
             if row.pending:
                 self.pending.setdefault(key[0], {})[(key[1], key[2])] = None
@@ -72,7 +74,10 @@ class Outbox:
                                        committed_at=committed_at, next_attempt_at=0)
         else:
             if row.pending:
-                self.metrics.coalesced.labels(key[0]).inc()
+                child = self._coalesced.get(key[0])
+                if child is None:
+                    child = self._coalesced[key[0]] = self.metrics.coalesced.labels(key[0])
+                child.inc()
             row.desired = desired
             row.version = version
             row.committed_at = committed_at
