@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import time
 from collections import Counter
@@ -311,6 +312,7 @@ class Engine:
         staged = _Staged()
         verdicts: list[list[Verdict]] = []
         kept: set[tuple[str, str]] = set()  # commands applied in this batch
+        dead: list[DeadLetter] = [d for w in works for d in w.dead]
         unclaim: set[tuple[str, str]] = set()  # commands claimed here but not applied
         fixes: list[tuple[str, str | None, str, str]] = []
         counted: Counter[tuple[str, str, str]] = Counter()
@@ -359,6 +361,10 @@ class Engine:
                         fresh.discard(ident)  # a repeat later in this batch is a duplicate
                         if typ is _CHANNEL_LEVEL:
                             v = self._judge_drift(ev, staged)
+                        elif typ is _ORDER and not self.ledger.knows(ev.sku):
+                            v = self._unknown_sku(ev, dead)
+                            if claimed:
+                                unclaim.add(ident)
                         else:
                             v = apply(ev, now, changes)
                         if is_command:
@@ -391,7 +397,7 @@ class Engine:
             await repo.insert_dead_letters(conn, [
                 {"connector": d.connector, "origin": d.origin[:255], "reason": d.reason,
                  "payload": d.payload, "received_at": now}
-                for w in works for d in w.dead
+                for d in dead
             ])
             await repo.upsert_sources(conn, [
                 {"connector": c, "source": s, "last_seq": q, "updated_at": now}
@@ -399,7 +405,7 @@ class Engine:
             ])
         # committed: from here on, tell everyone
         self._flushed = set()
-        self._after_commit(works, verdicts, changes, staged, seqs, counted, now)
+        self._after_commit(works, verdicts, changes, staged, seqs, counted, dead, now)
         elapsed = time.perf_counter() - started
         self.metrics.batch_apply.observe(elapsed)
         self.metrics.batch_size.observe(sum(len(w.events) for w in works))
@@ -422,6 +428,19 @@ class Engine:
         if wanted:
             for r in await repo.load_reservations(conn, ids=wanted):
                 self.ledger.load_reservation(r)
+
+    def _unknown_sku(self, ev: Event, dead: list[DeadLetter]) -> Verdict:
+        """An order line for a SKU that no location has ever reported is dead-lettered, not
+        reserved: it is a catalogue mismatch (a SKU renamed on the channel, a typo, a product
+        syncd does not manage), and a reservation of it would hold nothing real while its
+        figure fails on every channel. The dead letter keeps the line for a replay once the
+        SKU is counted somewhere."""
+        reason = f"unknown SKU {ev.sku[:200]!r}: no location has reported it"
+        line = {"event_id": ev.event_id, "type": ev.type.value, "sku": ev.sku, "qty": ev.qty,
+                "channel": ev.channel, "order_id": ev.order_id, "occurred_at": ev.occurred_at}
+        dead.append(DeadLetter(ev.connector, reason, json.dumps(line).encode(),
+                               f"order {ev.order_id or ''}"))
+        return Verdict(Outcome.REJECTED, reason)
 
     def _judge_drift(self, ev: Event, staged: _Staged) -> Verdict:
         channel = ev.channel or ""
@@ -469,6 +488,7 @@ class Engine:
         staged: _Staged,
         seqs: dict[tuple[str, str], int],
         counted: Counter[tuple[str, str, str]],
+        dead: list[DeadLetter],
         now: int,
     ) -> None:
         ob = self.outbox
@@ -485,10 +505,8 @@ class Engine:
         self.last_seq.update(seqs)
         for (connector, typ, outcome), n in counted.items():
             self.metrics.events.labels(connector, typ, outcome).inc(n)
-        for w in works:
-            if w.dead:
-                for d in w.dead:
-                    self.metrics.dead_letters.labels(d.connector).inc()
+        for d in dead:
+            self.metrics.dead_letters.labels(d.connector).inc()
         for lkey in changes.levels:
             lvl = self.ledger.levels[lkey]
             if lvl.on_hand < 0:
@@ -541,7 +559,7 @@ class Engine:
         staged = _Staged()
         now = self.clock()
         self._stage_figures(changes, staged, now)
-        self._after_commit([], [], changes, staged, {}, Counter(), now)
+        self._after_commit([], [], changes, staged, {}, Counter(), [], now)
         await self._persist_only()
 
     async def _persist_only(self) -> None:

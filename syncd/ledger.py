@@ -86,6 +86,11 @@ class Ledger:
             lvl = self.levels[key] = Level()
         return lvl
 
+    def knows(self, sku: str) -> bool:
+        """Whether any location has a level for `sku` (a count or a movement was applied)."""
+        levels = self.levels
+        return any((sku, loc) in levels for loc in self.config.locations)
+
     def reserved(
         self, sku: str, location: str, now: int, only_foreign_to: str | None = None
     ) -> int:

@@ -586,6 +586,7 @@ async def test_orders_are_paged_and_read_again_after_a_restart_as_duplicates(
     for i in range(230):
         sim.add_order(f"404-{i:07d}-0000000", [(f"Q{i % 7}", 1)], "UNSHIPPED")
     async with syncd_with_amazon(tmp_path, sim) as (engine, conn, _pusher):
+        await engine.apply([count(f"Q{k}", 100) for k in range(7)])
         verdicts = await poll(conn, engine)
         assert len(verdicts) == 230 and {v.outcome for v in verdicts} == {Outcome.APPLIED}
         assert sim.search_calls == 3  # 100 + 100 + 30

@@ -39,6 +39,25 @@ async def test_duplicates_change_nothing_even_after_restart(db_url: str) -> None
         assert dup == 1
 
 
+async def test_an_order_for_a_sku_no_location_reported_is_dead_lettered(db_url: str) -> None:
+    order = ev(E.ORDER, sku="NOWHERE", qty=1, location=None, connector="shop", channel="web",
+               order_id="O9", event_id="o9")
+    async with running_engine(db_url) as engine:
+        (v,) = await engine.apply([order])
+        assert v.outcome is Outcome.REJECTED and "unknown SKU 'NOWHERE'" in v.reason
+        async with engine.db.connect() as conn:
+            assert await repo.iter_events(conn) == []  # nothing in the ledger
+            dead = (await conn.exec_driver_sql(
+                "SELECT connector, reason, origin FROM dead_letters")).all()
+        assert [tuple(d) for d in dead] == [("shop", v.reason, "order O9")]
+        assert engine.ledger.reservations == {}
+        # once a location reports the SKU, the same line is reserved (it was not claimed)
+        await engine.apply([ev(E.COUNT, sku="NOWHERE", qty=3, location="lyon", connector="wms")])
+        (v,) = await engine.apply([order])
+        assert v.outcome is Outcome.APPLIED
+        assert engine.ledger.reserved("NOWHERE", "lyon", engine.clock()) == 1
+
+
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
     async with running_engine(db_url) as engine:
         seen: list[int] = []

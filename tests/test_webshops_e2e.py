@@ -14,8 +14,8 @@ and `orders/cancelled` gives the units back; a hand edit on Shopify reported by
 `inventory_levels/update` is put back; bad webhooks (wrong or missing signature, a tampered body,
 malformed JSON, a signed body that is not an order) are answered 401 / 400 / dead-lettered and
 change nothing: the same reservations, the same figures on all three channels, the same number of
-events in the ledger. An order for a SKU syncd has never heard of should too, but is reserved
-today: that test is a strict xfail until the core says otherwise.
+events in the ledger. An order for a SKU syncd has never heard of is dead-lettered and changes
+nothing else.
 
 Every expected figure is computed here from the counts, the sale and the orders (`expected`), and
 compared with what each webshop shows (read through its own API) *and* with what the daemon says
@@ -39,7 +39,6 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
-import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.shopify.mapping import sign
@@ -503,15 +502,6 @@ async def test_all_three_webshops_follow_the_store_the_orders_and_refuse_bad_web
     print(f"\nthree webshops end to end: {time.monotonic() - started:.1f}s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an orders/create line for a SKU syncd has never heard of is applied as an active, "
-    "oversold order reservation at the first location of sells_from (one more ledger event, "
-    "one more reservation, kept for order_reservation_max_age, and an outbox row per channel "
-    "that fails permanently: 'unknown SKU on Shopify/WooCommerce/Vendure'); the issue wants "
-    "a 400 or a dead letter, and nothing changed",
-)
 async def test_a_shopify_order_for_an_unknown_sku_changes_nothing(
     tmp_path: Path, mosquitto: MosquittoServer, vendure: VendureServer  # noqa: F811
 ) -> None:

@@ -753,12 +753,14 @@ async def test_a_polled_order_that_cannot_be_mapped_is_dead_lettered_once(
 ) -> None:
     sim = WooSim()
     sim.add_products(["X1"], stock=10)
-    broken = sim.place_order("X1", 1)
-    sim.orders[broken]["line_items"] = "not a list"
-    sim.place_order("X1", 2)
     async with syncd_with_woo(tmp_path, sim, poll=True, poll_every="50ms") as (
             engine, conn, _pusher):
-        await until(lambda: conn.passes >= 4)
+        await engine.apply([wms_count("X1", 10)])  # an order of a SKU syncd knows
+        broken = sim.place_order("X1", 1)
+        sim.orders[broken]["line_items"] = "not a list"
+        sim.place_order("X1", 2)
+        passes = conn.passes
+        await until(lambda: conn.passes >= passes + 4)
         async with engine.db.connect() as db:
             rows: list[tuple[str, str, bytes]] = [tuple(r) for r in (await db.exec_driver_sql(
                 "SELECT reason, origin, payload FROM dead_letters")).fetchall()]
