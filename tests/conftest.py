@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -19,6 +20,9 @@ import pytest
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
+
+if TYPE_CHECKING:
+    from tests.vendure_server import VendureServer
 
 from tests.servers import (  # noqa: E402
     BinaryNotFoundError,
@@ -84,3 +88,25 @@ def prometheus_bin() -> Path:
 # ============================================================================================
 # (add further fixture sections below, each with its own header)
 # ============================================================================================
+
+
+@pytest.fixture(scope="session")
+def vendure() -> Iterator[VendureServer]:  # shared by test_vendure and the e2e test
+    """One real Vendure for the session. Without node/npm: skipped on a dev box, an error in CI.
+    Any other failure (npm ci, boot, seeding) fails loudly with Vendure's output."""
+    from tests.vendure_server import VendureServer, ensure_installed
+
+    try:
+        spent = ensure_installed()
+    except BinaryNotFoundError as exc:
+        _missing(exc)
+    started = time.monotonic()
+    server = VendureServer.start()
+    print(
+        f"\nVendure: npm ci {spent:.1f}s (0 = cached), boot and seed "
+        f"{time.monotonic() - started:.1f}s on port {server.port}"
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -19,7 +19,7 @@ import os
 import time
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,13 +55,12 @@ from syncd.push import Pusher
 from syncd.sdnotify import Notifier
 from syncd.store import sqlite_url
 from tests.core import SEC, T0, FakeChannel, ev, retailer, running_engine
-from tests.servers import BinaryNotFoundError, free_port
+from tests.servers import free_port
 from tests.vendure_server import (
     NODE_DIR,
     SYNCD_PASSWORD,
     SYNCD_USER,
     VendureServer,
-    ensure_installed,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vendure"
@@ -72,28 +71,6 @@ VSHOP = Channel(
 
 
 # -- the server ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def vendure() -> Iterator[VendureServer]:
-    """One real Vendure for the session. Without node/npm: skipped on a dev box, an error in CI.
-    Any other failure (npm ci, boot, seeding) fails loudly with Vendure's output."""
-    try:
-        spent = ensure_installed()
-    except BinaryNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"{exc} (CI is set, so this is an error, not a skip)", pytrace=False)
-        pytest.skip(str(exc))
-    started = time.monotonic()
-    server = VendureServer.start()
-    print(
-        f"\nVendure: npm ci {spent:.1f}s (0 = cached), boot and seed "
-        f"{time.monotonic() - started:.1f}s on port {server.port}"
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

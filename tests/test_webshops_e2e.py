@@ -50,7 +50,6 @@ from syncd.app import Daemon
 from syncd.config import parse_config
 from syncd.sdnotify import Notifier
 from tests.servers import MosquittoServer, free_port
-from tests.test_vendure import vendure  # noqa: F401 - the session's real Vendure (a fixture)
 from tests.vendure_server import SYNCD_PASSWORD, SYNCD_USER, VendureServer
 
 API_TOKEN = "e2e-api-token"
@@ -375,7 +374,7 @@ async def rig(
 
 
 async def test_all_three_webshops_follow_the_store_the_orders_and_refuse_bad_webhooks(
-    tmp_path: Path, mosquitto: MosquittoServer, vendure: VendureServer  # noqa: F811
+    tmp_path: Path, mosquitto: MosquittoServer, vendure: VendureServer
 ) -> None:
     tag = uuid.uuid4().hex[:8].upper()
     tee, mug, cap = f"E2E-TEE-{tag}", f"E2E-MUG-{tag}", f"E2E-CAP-{tag}"
@@ -503,7 +502,7 @@ async def test_all_three_webshops_follow_the_store_the_orders_and_refuse_bad_web
 
 
 async def test_a_shopify_order_for_an_unknown_sku_changes_nothing(
-    tmp_path: Path, mosquitto: MosquittoServer, vendure: VendureServer  # noqa: F811
+    tmp_path: Path, mosquitto: MosquittoServer, vendure: VendureServer
 ) -> None:
     tag = uuid.uuid4().hex[:8].upper()
     tee, mug = f"E2E-TEE-{tag}", f"E2E-MUG-{tag}"
