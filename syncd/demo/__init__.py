@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from .services import Broker, DaemonProcess, free_port
-from .traffic import Trade
+from .traffic import SQUARE_LOCATION, SQUARE_STORE, SquareTills, Trade
 from .view import Board
 
 __all__ = ["run_demo"]
@@ -28,7 +29,7 @@ SHOP_SECRET_ENV = "SYNCD_DEMO_SHOPIFY_SECRET"  # noqa: S105 - an environment var
 
 
 def _config(root: Path, http: int, broker: Broker | None, shop_url: str | None,
-            edi_inbox: Path | None, extra: str = "") -> str:
+            edi_inbox: Path | None, extra: str = "", more_stores: tuple[str, ...] = ()) -> str:
     pos = (f'type = "mqtt_pos"\nurl = "{broker.url}"\nclient_id = "syncd-demo-{http}"'
            if broker else 'type = "http_source"')
     wms = (f'type = "edi_inventory"\ninbox = "{edi_inbox}"\nlocations = {{ "WH001" = "lyon-dc" }}'
@@ -78,7 +79,7 @@ location_id = "gid://shopify/Location/1"
 
 [channels.webshop]
 connector = "shop"
-sells_from = ["lyon-dc", "paris-01", "lille-02"]
+sells_from = {json.dumps(["lyon-dc", "paris-01", "lille-02", *more_stores])}
 safety_stock = 1
 """
     return text + extra
@@ -116,14 +117,17 @@ async def _demo(root: Path, duration: float, skus: int, seed: int) -> int:
         inbox.mkdir(parents=True)
     sku_names = [f"SKU-{i:04d}" for i in range(skus)]
     marketplaces, extra = await _marketplaces(stack, env, sku_names)
+    square, square_extra = await _square(stack, env, sku_names, f"http://127.0.0.1:{http}")
     config = root / "syncd.toml"
-    config.write_text(_config(root, http, broker, shop_url, inbox, extra))
+    config.write_text(_config(root, http, broker, shop_url, inbox, extra + square_extra,
+                              (SQUARE_STORE,) if square is not None else ()))
     daemon = DaemonProcess(config, env, root / "syncd.log")
     base = f"http://127.0.0.1:{http}"
     print(f"syncd demo: daemon at {base} (metrics: {base}/metrics), state in {root}")
     print(f"            MQTT broker: {broker.url if broker else 'none'}; "
           f"Shopify simulator: {shop_url or 'not installed'}; EDI inbox: {inbox or 'none'}; "
-          f"also {', '.join(sorted(marketplaces)) or 'no other channel'}")
+          f"also {', '.join(sorted(marketplaces)) or 'no other channel'}"
+          + (f"; Square POS simulator for {SQUARE_STORE}" if square is not None else ""))
     code = 0
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http_s:
@@ -132,7 +136,8 @@ async def _demo(root: Path, duration: float, skus: int, seed: int) -> int:
                 return 1
             trade = Trade(base=base, http=http_s, broker=broker, sim=sim,
                           shop_secret=env.get(SHOP_SECRET_ENV, ""), edi_inbox=inbox,
-                          skus=skus, seed=seed, duration=duration, marketplaces=marketplaces)
+                          skus=skus, seed=seed, duration=duration, marketplaces=marketplaces,
+                          square=square)
             board = Board(base, http_s, trade, sim)
             await board.run(trade.run())
             board.summary()
@@ -209,6 +214,40 @@ connector = "woo"
 sells_from = ["lyon-dc", "paris-01"]
 """
     return sims, text
+
+
+async def _square(
+    stack: contextlib.AsyncExitStack, env: dict[str, str], skus: list[str], base: str
+) -> tuple[SquareTills | None, str]:
+    """A third store, `marseille-03`, whose tills are Square: its counts reach syncd by signed
+    `inventory.count.updated` webhooks, and a reconciliation poll reads them back."""
+    if not _installed("square"):
+        return None, ""
+    from connectors.square.sim import SquareSim
+    from connectors.square.sim import running_sim as square_sim
+
+    sim = SquareSim(locations=(SQUARE_LOCATION,))
+    sim.add_variations(skus)
+    url = await stack.enter_async_context(square_sim(sim))
+    key = secrets.token_hex(16)
+    env.update({"SYNCD_DEMO_SQUARE_TOKEN": sim.access_token, "SYNCD_DEMO_SQUARE_KEY": key})
+    hook = f"{base}/webhooks/square"
+    text = f"""
+[locations.{SQUARE_STORE}]
+kind = "store"
+authority = "square"
+pickup = true
+
+[connectors.square]
+type = "square"
+base_url = "{url}"
+access_token = "env:SYNCD_DEMO_SQUARE_TOKEN"
+webhook_signature_key = "env:SYNCD_DEMO_SQUARE_KEY"
+notification_url = "{hook}"
+locations = {{ "{SQUARE_LOCATION}" = "{SQUARE_STORE}" }}
+poll_every = "10s"
+"""
+    return SquareTills(sim, hook, key, SQUARE_LOCATION, SQUARE_STORE), text
 
 
 async def _ready(http: aiohttp.ClientSession, base: str, daemon: DaemonProcess) -> bool:

@@ -17,9 +17,11 @@ import aiohttp
 
 from .services import Broker
 
-__all__ = ["Trade", "x12_846"]
+__all__ = ["SQUARE_LOCATION", "SQUARE_STORE", "SquareTills", "Trade", "x12_846"]
 
 STORES = ("paris-01", "lille-02")
+SQUARE_STORE = "marseille-03"  # a store whose tills are Square (when the connector is installed)
+SQUARE_LOCATION = "L-MARSEILLE"  # its Square location id
 
 
 def _now() -> str:
@@ -38,6 +40,29 @@ def x12_846(sender: str, control: int, lines: list[tuple[str, int]]) -> str:
            f"*U*00401*{control:09d}*0*P*>")
     gs = f"GS*IB*{sender}*SYNCD*{d:%Y%m%d}*{d:%H%M}*{control}*X*004010"
     return "~\n".join([isa, gs, *seg, f"GE*1*{control}", f"IEA*1*{control:09d}"]) + "~\n"
+
+
+@dataclass
+class SquareTills:
+    """The Square store: its simulator, and how its webhooks reach syncd."""
+
+    sim: Any  # connectors.square.sim.SquareSim
+    hook_url: str  # syncd's /webhooks/square (also the subscription's notification URL)
+    signature_key: str
+    location_id: str
+    store: str
+
+    async def report(self, http: aiohttp.ClientSession, counts: list[tuple[str, int]]) -> int:
+        """Set these counts in Square and deliver them as `inventory.count.updated` webhooks
+        (≤ 100 counts each, as Square does); returns the last HTTP status."""
+        status = 0
+        for i in range(0, len(counts), 100):
+            payloads = [self.sim.set_count(sku, self.location_id, qty)
+                        for sku, qty in counts[i : i + 100]]
+            res = await self.sim.send_webhook(self.hook_url, self.hook_url, self.signature_key,
+                                              payloads, session=http)
+            status = res.status
+        return status
 
 
 @dataclass
@@ -64,7 +89,8 @@ class Stats:
 class Trade:
     def __init__(self, *, base: str, http: aiohttp.ClientSession, broker: Broker | None,
                  sim: Any, shop_secret: str, edi_inbox: Path | None, skus: int, seed: int,
-                 duration: float, marketplaces: dict[str, Any] | None = None) -> None:
+                 duration: float, marketplaces: dict[str, Any] | None = None,
+                 square: SquareTills | None = None) -> None:
         self.base = base
         self.http = http
         self.broker = broker
@@ -76,6 +102,7 @@ class Trade:
         self.duration = duration
         self.stats = Stats()
         self.marketplaces = marketplaces or {}
+        self.square = square
         self._seq = 0
         self._orders: list[dict[str, Any]] = []
         # what is physically on each store's shelves: a store only sells what it has
@@ -116,6 +143,35 @@ class Trade:
             await self._store_events(mqtt, store, [
                 {"type": "count", "sku": s, "qty": self.shelf[(store, s)]} for s in self.skus])
             self.stats.counts += len(self.skus)
+        if self.square is not None:
+            store = self.square.store
+            for sku in self.skus:
+                self.shelf[(store, sku)] = self.rnd.randint(0, 6)
+            await self._square_report([(s, self.shelf[(store, s)]) for s in self.skus])
+            self.stats.counts += len(self.skus)
+            self.stats.note(f"Square tills of {store} reported their counts (webhooks)")
+
+    async def _square_report(self, counts: list[tuple[str, int]]) -> None:
+        assert self.square is not None
+        try:
+            status = await self.square.report(self.http, counts)
+        except aiohttp.ClientError as exc:
+            self.stats.note(f"Square webhook failed: {exc}")
+            return
+        if status != 200:
+            self.stats.note(f"Square webhook answered {status}")
+
+    async def _square_tick(self) -> None:
+        """A sale at the Square store: Square's count drops, its webhook tells syncd."""
+        if self.square is None:
+            return
+        sku = self.rnd.choice(self.skus)
+        key = (self.square.store, sku)
+        if self.shelf[key] <= 0:
+            return
+        self.shelf[key] -= 1
+        self.stats.sales += 1
+        await self._square_report([(sku, self.shelf[key])])
 
     async def _store_tick(self, mqtt: Any) -> None:
         store = self.rnd.choice(STORES)
@@ -243,6 +299,8 @@ class Trade:
                     await self._webshop_tick()
                 if self.rnd.random() < 0.3:
                     self._marketplace_tick()
+                if self.rnd.random() < 0.3:
+                    await self._square_tick()
                 if self.rnd.random() < 0.12:
                     await self._hold_tick()
                 await asyncio.sleep(0.1)

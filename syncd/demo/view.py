@@ -53,8 +53,11 @@ class Board:
         table = Table(title="stock and what each channel publishes", expand=True)
         table.caption = ("on-hand at each location (rN: N reserved); kiosks: p/l/w per location; "
                          "then what syncd publishes for the webshop and what each channel shows")
-        for col in ("SKU", "paris", "lille", "lyon", "kiosks", "web", "Shopify", "Amazon",
-                    "Woo"):
+        square = self.trade.square
+        stores = ["paris-01", "lille-02"] + ([square.store] if square is not None else [])
+        cols = ["SKU", *(st.split("-")[0] for st in stores), "lyon", "kiosks", "web", "Shopify",
+                "Amazon", "Woo"]
+        for col in cols:
             table.add_column(col, justify="right" if col != "SKU" else "left")
         for sku in self.trade.skus[:SHOWN]:
             s = self.stock.get(sku, {})
@@ -74,7 +77,7 @@ class Board:
             shows = self.sim.available(sku) if self.sim is not None else None
             amz = self.amazon.quantity(sku) if self.amazon is not None else None
             woo = self.woo.stock(sku) if self.woo is not None else None
-            table.add_row(sku, cell("paris-01"), cell("lille-02"), cell("lyon-dc"), kiosk_txt,
+            table.add_row(sku, *(cell(st) for st in stores), cell("lyon-dc"), kiosk_txt,
                           str(web.get("published", "-")), "-" if shows is None else str(shows),
                           "-" if amz is None else str(amz), "-" if woo is None else str(woo))
         st = self.trade.stats
