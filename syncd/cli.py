@@ -134,10 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole system on this machine with simulated channels",
         description=(
             "Starts the real syncd daemon on SQLite in a temporary directory, a local MQTT "
-            "broker (Debian's mosquitto) and the simulators of the bundled channel connectors, "
-            "then sends store sales, returns, counts, orders and click-and-collect holds, and "
-            "shows what each channel publishes. Metrics are at http://127.0.0.1:<port>/metrics "
-            "(the port is printed at start)."
+            "broker (Debian's mosquitto; without it, store events go through the HTTP API) and "
+            "the simulators of the bundled connectors (Shopify, WooCommerce, Amazon SP-API, a "
+            "Square store, an EDI warehouse inbox), then sends store sales, returns, counts, "
+            "webshop and marketplace orders, click-and-collect holds (collected or left to "
+            "expire) and a webshop outage, and shows what each channel publishes. Metrics are "
+            "at http://127.0.0.1:<port>/metrics (the port is printed at start). Ctrl-C stops "
+            "everything cleanly."
         ),
     )
     demo.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
