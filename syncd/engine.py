@@ -467,7 +467,7 @@ class Engine:
             elif row.desired != qty:
                 staged.desired[key] = (qty, row.version + 1)
 
-    def _outbox_rows(self) -> list[dict[str, Any]]:
+    def _outbox_rows(self) -> list[tuple[Any, ...]]:
         """The outbox rows changed since the last flush (desired and pushed sides).
 
         The desired side is derived state (recomputed from the ledger at every start), so it is

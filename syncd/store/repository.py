@@ -364,26 +364,19 @@ async def load_reservations(
 # -- outbox ---------------------------------------------------------------------------------------
 
 
-def outbox_row(key: tuple[str, str, str], row: OutboxRow) -> dict[str, Any]:
-    return {
-        "channel": key[0],
-        "sku": key[1],
-        "location": key[2],
-        "desired": row.desired,
-        "version": row.version,
-        "committed_at": row.committed_at,
-        "pushed": row.pushed,
-        "pushed_version": row.pushed_version,
-        "remote": row.remote,
-        "state": row.state,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "next_attempt_at": row.next_attempt_at,
-    }
+OUTBOX_COLS = ("channel", "sku", "location", "desired", "version", "committed_at", "pushed",
+               "pushed_version", "remote", "state", "attempts", "last_error", "next_attempt_at")
 
 
-async def upsert_outbox(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    await upsert(conn, outbox, rows, ("channel", "sku", "location"))
+def outbox_row(key: tuple[str, str, str], row: OutboxRow) -> tuple[Any, ...]:
+    """An outbox row, in `OUTBOX_COLS` order."""
+    return (key[0], key[1], key[2], row.desired, row.version, row.committed_at, row.pushed,
+            row.pushed_version, row.remote, row.state, row.attempts, row.last_error,
+            row.next_attempt_at)
+
+
+async def upsert_outbox(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await _write_tuples(conn, outbox, OUTBOX_COLS, ("channel", "sku", "location"), rows)
 
 
 async def load_outbox(conn: AsyncConnection) -> dict[tuple[str, str, str], OutboxRow]:
