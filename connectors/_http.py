@@ -5,11 +5,38 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
-__all__ = ["is_loopback", "retry_after", "serve_app", "service_url"]
+__all__ = ["HttpSession", "is_loopback", "retry_after", "serve_app", "service_url"]
+
+
+class HttpSession:
+    """A connector's aiohttp session: the daemon's (`context.http`, which tests replace at the
+    transport seam) when there is one, else one the connector opens in `start()` and closes in
+    `close()`. Calling it gives the session to use now (None before `open()`)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context  # a ConnectorContext
+        self._own: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession | None:
+        http = self._context.http
+        if isinstance(http, aiohttp.ClientSession):
+            return http
+        return self._own
+
+    def open(self) -> None:
+        if self._context.http is None and self._own is None:
+            self._own = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
 
 
 def is_loopback(host: str) -> bool:

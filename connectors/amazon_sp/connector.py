@@ -53,11 +53,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors._http import service_url
+from connectors._http import HttpSession, service_url
 from connectors.base import (
     ConnectorContext,
     Inbound,
@@ -160,7 +159,7 @@ class AmazonSpConnector:
         self.name = name
         self.config = config
         self.context = context
-        self._own_session: aiohttp.ClientSession | None = None
+        self._session = HttpSession(context)
         self.auth = LwaAuth(self._session, config.token_url, config.client_id,
                             config.client_secret, config.refresh_token, config.timeout)
         self.client = SpApiClient(self._session, config.endpoint, self.auth, config.timeout)
@@ -177,17 +176,10 @@ class AmazonSpConnector:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def _session(self) -> aiohttp.ClientSession | None:
-        http = self.context.http
-        if isinstance(http, aiohttp.ClientSession):
-            return http
-        return self._own_session
-
     async def start(self) -> None:
         """Check the credentials with a first token exchange (a failure is logged, not raised:
         `connected` stays false and the next call tries again)."""
-        if self.context.http is None and self._own_session is None:
-            self._own_session = aiohttp.ClientSession()
+        self._session.open()
         self._closed.clear()
         self._started = True
         try:
@@ -198,9 +190,7 @@ class AmazonSpConnector:
     async def close(self) -> None:
         self._closed.set()
         self._started = False
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.close()
 
     @property
     def connected(self) -> bool:

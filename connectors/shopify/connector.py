@@ -43,10 +43,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from connectors._http import service_url
+from connectors._http import HttpSession, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -200,7 +199,7 @@ class ShopifyConnector:
         self.name = name
         self.config = config
         self.context = context
-        self._own_session: aiohttp.ClientSession | None = None
+        self._session = HttpSession(context)
         self.client = GraphQLClient(self._session, config.endpoint, config.access_token,
                                     config.timeout)
         self._secret = config.webhook_secret.get_secret_value().encode()
@@ -213,25 +212,16 @@ class ShopifyConnector:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def _session(self) -> aiohttp.ClientSession | None:
-        http = self.context.http
-        if isinstance(http, aiohttp.ClientSession):
-            return http
-        return self._own_session
-
     async def start(self) -> None:
         """Nothing to connect: the SKU cache fills lazily on the first pushes."""
-        if self.context.http is None and self._own_session is None:
-            self._own_session = aiohttp.ClientSession()
+        self._session.open()
         self._closed.clear()
         self._started = True
 
     async def close(self) -> None:
         self._closed.set()
         self._started = False
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.close()
 
     @property
     def connected(self) -> bool:

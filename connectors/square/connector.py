@@ -48,10 +48,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors._http import service_url
+from connectors._http import HttpSession, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -161,7 +160,7 @@ class SquareConnector:
         self.context = context
         self.autopoll = autopoll  # tests drive `poll_once()` themselves
         self.page_limit = PAGE_LIMIT
-        self._own_session: aiohttp.ClientSession | None = None
+        self._session = HttpSession(context)
         self.client = SquareClient(self._session, config.base_url, config.access_token,
                                    config.square_version, config.timeout)
         self._key = config.webhook_signature_key.get_secret_value().encode()
@@ -183,16 +182,9 @@ class SquareConnector:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def _session(self) -> aiohttp.ClientSession | None:
-        http = self.context.http
-        if isinstance(http, aiohttp.ClientSession):
-            return http
-        return self._own_session
-
     async def start(self) -> None:
         """Start the poll loop. Readiness (`connected`) follows the first successful poll."""
-        if self.context.http is None and self._own_session is None:
-            self._own_session = aiohttp.ClientSession()
+        self._session.open()
         self._closed.clear()
         self._started = True
         for square_id, loc in self.config.locations.items():
@@ -215,9 +207,7 @@ class SquareConnector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.close()
 
     @property
     def connected(self) -> bool:

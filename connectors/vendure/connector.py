@@ -106,10 +106,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors._http import service_url
+from connectors._http import HttpSession, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -247,7 +246,7 @@ class VendureConnector:
         self.config = config
         self.context = context
         self.max_batch = config.batch_size
-        self._own_session: aiohttp.ClientSession | None = None
+        self._session = HttpSession(context)
         self.client = AdminClient(
             self._session,
             config.admin_api_url,
@@ -280,17 +279,10 @@ class VendureConnector:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def _session(self) -> aiohttp.ClientSession | None:
-        http = self.context.http
-        if isinstance(http, aiohttp.ClientSession):
-            return http
-        return self._own_session
-
     async def start(self) -> None:
         """Log in and check the stock locations (failures are logged and retried by the next
         push or poll); orders are polled by `events()`."""
-        if self.context.http is None and self._own_session is None:
-            self._own_session = aiohttp.ClientSession()
+        self._session.open()
         if self._hwm is None:
             self._hwm = time.time_ns() // 1000 - int(self.config.order_lookback * 1e6)
         self._closed.clear()
@@ -307,9 +299,7 @@ class VendureConnector:
     async def close(self) -> None:
         self._closed.set()
         self._started = False
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.close()
 
     @property
     def connected(self) -> bool:

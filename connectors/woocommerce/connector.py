@@ -102,10 +102,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from connectors._http import service_url
+from connectors._http import HttpSession, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -254,7 +253,7 @@ class WooCommerceConnector:
         self.config = config
         self.context = context
         self.clock = clock
-        self._own_session: aiohttp.ClientSession | None = None
+        self._session = HttpSession(context)
         self.client = RestClient(self._session, config.api_root, config.consumer_key,
                                  config.consumer_secret, config.timeout)
         self._secret = config.webhook_secret.get_secret_value().encode()
@@ -282,16 +281,9 @@ class WooCommerceConnector:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def _session(self) -> aiohttp.ClientSession | None:
-        http = self.context.http
-        if isinstance(http, aiohttp.ClientSession):
-            return http
-        return self._own_session
-
     async def start(self) -> None:
         """Nothing to connect: SKUs are discovered lazily, orders polled by `events()`."""
-        if self.context.http is None and self._own_session is None:
-            self._own_session = aiohttp.ClientSession()
+        self._session.open()
         if self._hwm is None:
             self._hwm = time.time_ns() // 1000 - int(self.config.order_lookback * 1e6)
         self._closed.clear()
@@ -300,9 +292,7 @@ class WooCommerceConnector:
     async def close(self) -> None:
         self._closed.set()
         self._started = False
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.close()
 
     @property
     def connected(self) -> bool:
