@@ -20,7 +20,6 @@ __all__ = ["Figures"]
 class Figures:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.by_location: dict[str, list[Channel]] = {}
         # location -> (channel, channel-side key, cap) of the channels whose figure for that
         # location depends on that location alone (per location, on the "available" basis)
         self.direct: dict[str, list[tuple[str, str, int]]] = {}
@@ -30,7 +29,6 @@ class Figures:
 
     def reindex(self) -> None:
         """Rebuild the location -> channels indexes (start, reload)."""
-        by_loc: dict[str, list[Channel]] = {}
         direct: dict[str, list[tuple[str, str, int]]] = {}
         combined: dict[str, list[Channel]] = {}
         known = self.ledger.config.locations
@@ -38,13 +36,12 @@ class Figures:
             remote = dict(ch.location_map) if ch.location_map else None
             simple = ch.basis == "available" and (remote is not None or ch.per_location)
             for loc in ch.sells_from:
-                by_loc.setdefault(loc, []).append(ch)
                 if not simple:
                     combined.setdefault(loc, []).append(ch)
                 elif loc in known and (remote is None or loc in remote):
                     key = loc if remote is None else remote[loc]
                     direct.setdefault(loc, []).append((ch.name, key, ch.max_quantity))
-        self.by_location, self.direct, self.combined = by_loc, direct, combined
+        self.direct, self.combined = direct, combined
 
     def of(self, ch: Channel, sku: str, now: int,
            only: set[str] | None = None) -> dict[str, int]:
