@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import DeadLetter, Inbound
 
+from .checkpoint import Checkpoint
 from .figures import Figures
 from .ledger import Changes, Ledger, LedgerConfig, Verdict
 from .metrics import Metrics
@@ -94,6 +95,8 @@ class Engine:
         queue_size: int = 1000,
         sweep_every: float = 1.0,
         outbox_flush_every: float = 2.0,
+        level_checkpoint_every: float = 10.0,
+        level_checkpoint_chunk: int = 5000,
         clock: Callable[[], int] = now_micros,
     ) -> None:
         self.db = db
@@ -118,18 +121,26 @@ class Engine:
         self._next_sweep = 0.0
         self.figures = Figures(self.ledger)
         self.outbox.on_dirty = self._poke.set
+        self.checkpoint = Checkpoint(level_checkpoint_every, level_checkpoint_chunk, 0.0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Rebuild the in-memory state from the database, recompute every figure, start."""
+        horizon = self.ledger.config.tail_horizon
         async with self.db.connect() as conn:
-            levels = await repo.load_levels(conn)
+            restored = await repo.restore_levels(conn, horizon=horizon)
             open_res = await repo.load_reservations(conn, open_only=True)
             rows = await repo.load_outbox(conn)
             self.last_seq = await repo.load_sources(conn)
             self.hold_states = await repo.count_holds(conn)
-        self.ledger.levels = levels
+        levels = self.ledger.levels = restored.levels
+        cp = self.checkpoint
+        self.checkpoint = Checkpoint(cp.every, cp.chunk, asyncio.get_running_loop().time(),
+                                     restored.rolled, restored.replay_from)
+        if restored.rolled:
+            log.info("re-applied the ledger after its checkpoint",
+                     extra={"levels": len(restored.rolled)})
         for r in open_res:
             self.ledger.load_reservation(r)
         self.outbox = Outbox(self.metrics, rows)
@@ -158,6 +169,10 @@ class Engine:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        try:
+            await self._checkpoint_all()
+        except Exception as exc:  # the next start re-applies the ledger after the checkpoint
+            log.error("could not write the level checkpoint at stop: %s", _brief(exc))
         if self.outbox.dirty:
             try:
                 await self._persist_only()
@@ -344,7 +359,7 @@ class Engine:
                     if ident not in seen:
                         seen.add(ident)
                         claim.append(repo.event_row(ev, now, _APPLIED, ""))
-            fresh = await repo.claim_events(conn, claim)
+            fresh, first_id = await repo.claim_events(conn, claim)
             await self._prefetch(conn, [ev for w in works for ev in w.events])
             for w in works:
                 out: list[Verdict] = []
@@ -385,10 +400,9 @@ class Engine:
             self._stage_figures(changes, staged, now)
             await repo.set_outcomes(conn, fixes)
             await repo.unclaim_events(conn, unclaim - kept)
-            levels = self.ledger.levels
-            await repo.upsert_levels(conn, [
-                repo.level_row(sku, loc, levels[(sku, loc)]) for sku, loc in changes.levels
-            ])
+            if changes.levels:
+                self.checkpoint.touch(changes.levels, first_id or await repo.next_event_id(conn))
+            checkpointed = await self._write_checkpoint(conn, loop.time())
             await repo.upsert_reservations(
                 conn, [repo.reservation_row(r) for r in changes.reservations.values()]
             )
@@ -404,6 +418,7 @@ class Engine:
                 for (c, s), q in seqs.items()
             ])
         # committed: from here on, tell everyone
+        self.checkpoint.written(checkpointed)
         self._flushed = set()
         self._after_commit(works, verdicts, changes, staged, seqs, counted, dead, now)
         elapsed = time.perf_counter() - started
@@ -417,6 +432,30 @@ class Engine:
         for w in works:
             if w.inbound is not None and w.inbound.on_commit is not None:
                 await _call(w.inbound.on_commit)
+
+    async def _write_checkpoint(self, conn: Any, now: float, everything: bool = False) -> int:
+        """Write the level rows that are due (see `syncd.checkpoint`) and the replay mark, in
+        the caller's transaction; returns how many keys to mark written after its commit."""
+        cp = self.checkpoint
+        due = cp.due(now, everything)
+        if not due:
+            return 0
+        next_id = await repo.next_event_id(conn)
+        levels = self.ledger.levels
+        await repo.upsert_levels(conn, [
+            repo.level_row(key[0], key[1], lvl, next_id - 1)
+            for key in due if (lvl := levels.get(key)) is not None
+        ])
+        await repo.set_replay_from(conn, cp.replay_from(len(due), next_id))
+        return len(due)
+
+    async def _checkpoint_all(self) -> None:
+        """Write every lagging level row (stop), a chunk per transaction."""
+        now = asyncio.get_running_loop().time()
+        while self.checkpoint.lagging:
+            async with self.db.begin() as conn:
+                n = await self._write_checkpoint(conn, now, everything=True)
+            self.checkpoint.written(n)
 
     async def _prefetch(self, conn: Any, evs: Iterable[Event]) -> None:
         """Load the closed reservations that this batch's commands name (idempotency)."""
@@ -602,7 +641,8 @@ class Engine:
         while True:
             try:
                 async with self.db.connect() as conn:
-                    levels = await repo.load_levels(conn, keys)
+                    levels = await repo.load_levels(
+                        conn, keys, horizon=self.ledger.config.tail_horizon)
                     stored = await repo.load_reservations(conn, ids=sorted(res_ids))
                 break
             except Exception as exc:

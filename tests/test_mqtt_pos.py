@@ -39,6 +39,7 @@ from syncd.engine import Engine
 from syncd.model import EventType, to_micros
 from syncd.push import Pusher
 from syncd.store import open_engine, sqlite_url
+from syncd.store import repository as repo
 from syncd.store import tables as t
 from tests.core import SEC, T0, ev, retailer, running_engine
 from tests.servers import MosquittoServer
@@ -346,14 +347,15 @@ def child(broker: str, db: str, delay: float = 0.0) -> Iterator[subprocess.Popen
 
 
 async def _levels(db: str) -> int | None:
+    """The on-hand the database gives (level row plus the ledger after it)."""
     dbe = open_engine(db)
     try:
         async with dbe.connect() as c:
-            row = (await c.execute(select(t.levels.c.on_hand).where(
-                t.levels.c.sku == "SKU-1", t.levels.c.location == "paris"))).first()
+            found = await repo.load_levels(c, [("SKU-1", "paris")])
     finally:
         await dbe.dispose()
-    return None if row is None else int(row[0])
+    lvl = found.get(("SKU-1", "paris"))
+    return None if lvl is None else lvl.on_hand
 
 
 async def test_sigkill_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path) -> None:

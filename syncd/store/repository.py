@@ -16,7 +16,9 @@ from sqlalchemy import Table, bindparam, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from syncd.checkpoint import Effect, roll_forward
 from syncd.model import (
+    STOCK_TYPES,
     Event,
     EventType,
     Level,
@@ -24,21 +26,28 @@ from syncd.model import (
     ReservationKind,
     ReservationState,
 )
+from syncd.rules import DEFAULT_TAIL_HORIZON
 
-from .tables import dead_letters, events, levels, outbox, reservations, sources
+from .tables import checkpoints, dead_letters, events, levels, outbox, reservations, sources
 
 __all__ = [
     "EVENT_COLS",
+    "LEVEL_COLS",
     "OutboxRow",
+    "RestoredLevels",
     "claim_events",
     "count_holds",
     "insert_dead_letters",
     "iter_events",
     "load_levels",
     "load_outbox",
+    "load_replay_from",
     "load_reservations",
     "load_sources",
+    "next_event_id",
+    "restore_levels",
     "set_outcomes",
+    "set_replay_from",
     "unclaim_events",
     "upsert",
     "upsert_levels",
@@ -180,8 +189,9 @@ def _pairs(rows: Sequence[Any]) -> Iterator[tuple[str, str]]:
 
 async def claim_events(
     conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]
-) -> set[tuple[str, str]]:
-    """Insert ledger rows whose `(connector, event_id)` is new; return the identities inserted.
+) -> tuple[set[tuple[str, str]], int]:
+    """Insert ledger rows whose `(connector, event_id)` is new; return the identities inserted
+    and an id at or below every id they got.
 
     The insert (`ON CONFLICT DO NOTHING` on the unique key) both deduplicates against the whole
     ledger (rule 1) and writes the rows; the caller then fixes the outcomes of the few that were
@@ -191,16 +201,16 @@ async def claim_events(
     prepared statement is far cheaper there than parsing a multi-row statement)."""
     inserted: set[tuple[str, str]] = set()
     if not rows:
-        return inserted
+        return inserted, 0
+    first = await next_event_id(conn)
     if conn.dialect.name != "postgresql":
-        before = (await conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events")).scalar()
         sql = _compiled_in_order(conn, events, EVENT_COLS, ())
         sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
         await conn.exec_driver_sql(sql, list(rows))
         result = await conn.exec_driver_sql(
-            "SELECT connector, event_id FROM events WHERE id > ?", (before,))
+            "SELECT connector, event_id FROM events WHERE id >= ?", (first,))
         inserted.update(_pairs(result.all()))
-        return inserted
+        return inserted, first
     ncols = len(EVENT_COLS)
     per = _MAX_PARAMS // ncols
     for i in range(0, len(rows), per):
@@ -209,7 +219,7 @@ async def claim_events(
         sql = _INSERT_EVENTS + _placeholders(len(chunk), ncols) + _ON_CONFLICT  # constants only
         result = await conn.exec_driver_sql(sql, params)
         inserted.update(_pairs(result.all()))
-    return inserted
+    return inserted, first
 
 
 async def set_outcomes(conn: AsyncConnection, fixes: Sequence[tuple[str, str | None, str, str]]
@@ -259,44 +269,131 @@ async def iter_events(conn: AsyncConnection) -> list[tuple[Event, int, str]]:
 
 
 LEVEL_COLS = ("sku", "location", "on_hand", "watermark", "floor", "reported_at", "tail",
-              "version")
+              "version", "as_of")
+REPLAY_FROM = "levels_replay_from"
+# the events whose effect is on a level (re-applied by `restore_levels`)
+_LEVEL_TYPES = (*sorted(t.value for t in STOCK_TYPES), EventType.HOLD_COLLECT.value)
 
 
-def level_row(sku: str, location: str, lvl: Level) -> tuple[Any, ...]:
-    """A levels row, in `LEVEL_COLS` order."""
-    tail = json.dumps(lvl.tail, separators=(",", ":")) if lvl.tail else "[]"
-    return (sku, location, lvl.on_hand, lvl.watermark, lvl.floor, lvl.reported_at, tail,
-            lvl.version)
+def encode_tail(tail: Sequence[tuple[int, int]]) -> str:
+    """The delta tail as compact JSON (`[[occurred_at,delta],...]`), built directly: the pairs
+    are plain ints, and this is three times cheaper than `json.dumps` on the hot path."""
+    if not tail:
+        return "[]"
+    return "[" + ",".join([f"[{at:d},{delta:d}]" for at, delta in tail]) + "]"
+
+
+def level_row(sku: str, location: str, lvl: Level, as_of: int) -> tuple[Any, ...]:
+    """A levels row, in `LEVEL_COLS` order: the level as of event `as_of`."""
+    return (sku, location, lvl.on_hand, lvl.watermark, lvl.floor, lvl.reported_at,
+            encode_tail(lvl.tail), lvl.version, as_of)
 
 
 async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
     await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows)
 
 
+async def next_event_id(conn: AsyncConnection) -> int:
+    """An id above every event in the ledger now."""
+    return int((await conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events")).scalar()
+               or 0) + 1
+
+
+async def set_replay_from(conn: AsyncConnection, value: int) -> None:
+    await upsert(conn, checkpoints, [{"name": REPLAY_FROM, "value": value}], ("name",))
+
+
+async def load_replay_from(conn: AsyncConnection) -> int:
+    result = await conn.execute(select(checkpoints.c.value).where(
+        checkpoints.c.name == REPLAY_FROM))
+    return int(result.scalar() or 0)
+
+
+@dataclass(slots=True)
+class RestoredLevels:
+    levels: dict[tuple[str, str], Level]
+    rolled: set[tuple[str, str]]  # keys whose row missed events (re-applied from the ledger)
+    replay_from: int
+
+
 async def load_levels(
-    conn: AsyncConnection, keys: Iterable[tuple[str, str]] | None = None
+    conn: AsyncConnection, keys: Iterable[tuple[str, str]] | None = None, *,
+    horizon: int = DEFAULT_TAIL_HORIZON,
 ) -> dict[tuple[str, str], Level]:
-    """Every level, or only those of `keys` (a cold start reads a million of these: tuples
-    straight from the driver, positional construction)."""
+    """The current levels (every one, or those of `keys`): their rows rolled forward."""
+    return (await restore_levels(conn, keys, horizon=horizon)).levels
+
+
+async def restore_levels(
+    conn: AsyncConnection, keys: Iterable[tuple[str, str]] | None = None, *,
+    horizon: int = DEFAULT_TAIL_HORIZON,
+) -> RestoredLevels:
+    """The level rows (a checkpoint), then the ledger's events after `replay_from` that a row
+    does not include yet, re-applied in ledger order (`checkpoint.roll_forward`)."""
+    wanted = None if keys is None else set(keys)
+    replay_from = await load_replay_from(conn)
+    rows, as_of = await _level_rows(conn, wanted, replay_from)
+    effects = await _level_effects(conn, replay_from)
+    rolled = roll_forward(rows, as_of, effects, horizon, wanted)
+    return RestoredLevels(rows, rolled, replay_from)
+
+
+async def _level_rows(
+    conn: AsyncConnection, wanted: set[tuple[str, str]] | None, replay_from: int
+) -> tuple[dict[tuple[str, str], Level], dict[tuple[str, str], int]]:
+    """Level rows, and the `as_of` of those at or above `replay_from` (a row below it misses
+    every event from there on; after a clean stop that is all of them). A cold start reads a
+    million of these: tuples straight from the driver, positional construction."""
     out: dict[tuple[str, str], Level] = {}
+    as_of: dict[tuple[str, str], int] = {}
     cols = (levels.c.sku, levels.c.location, levels.c.on_hand, levels.c.watermark,
-            levels.c.tail, levels.c.floor, levels.c.reported_at, levels.c.version)
+            levels.c.tail, levels.c.floor, levels.c.reported_at, levels.c.version,
+            levels.c.as_of)
     queries = []
-    if keys is None:
+    if wanted is None:
         queries.append(select(*cols))
     else:
-        wanted = list(keys)
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i : i + _CHUNK]
+        chunks = list(wanted)
+        for i in range(0, len(chunks), _CHUNK):
+            chunk = chunks[i : i + _CHUNK]
             queries.append(select(*cols).where(tuple_(levels.c.sku, levels.c.location).in_(chunk)))
     loads = json.loads
     for q in queries:
         result = await conn.execute(q)
-        for sku, loc, on_hand, wm, tail, floor, rep, version in result:
-            out[(sku, loc)] = Level(
+        for sku, loc, on_hand, wm, tail, floor, rep, version, mark in result:
+            key = (sku, loc)
+            out[key] = Level(
                 on_hand, wm, [] if tail == "[]" else [(a, b) for a, b in loads(tail)], floor,
                 rep, version,
             )
+            if mark >= replay_from:
+                as_of[key] = mark
+    return out, as_of
+
+
+async def _level_effects(conn: AsyncConnection, replay_from: int) -> list[Effect]:
+    """The applied events from `replay_from` on that moved a level, in ledger order."""
+    result = await conn.execute(
+        select(events.c.id, events.c.type, events.c.sku, events.c.location, events.c.qty,
+               events.c.occurred_at, events.c.hold_id)
+        .where(events.c.id >= replay_from, events.c.outcome == "applied",
+               events.c.type.in_(_LEVEL_TYPES))
+        .order_by(events.c.id)
+    )
+    rows = result.all()
+    collect = EventType.HOLD_COLLECT.value
+    holds = {r.res_id: r for r in await load_reservations(
+        conn, ids=sorted({row[6] for row in rows if row[1] == collect and row[6]}))}
+    out: list[Effect] = []
+    for event_id, typ, sku, loc, qty, at, hold_id in rows:
+        if typ == collect:
+            hold = holds.get(hold_id or "")
+            if hold is None:  # pragma: no cover - a collect row is kept only when applied
+                continue
+            out.append((event_id, EventType.HOLD_COLLECT, (hold.sku, hold.location), hold.qty,
+                        at))
+        else:
+            out.append((event_id, EventType(typ), (sku, loc), qty, at))
     return out
 
 

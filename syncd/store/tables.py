@@ -19,7 +19,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["dead_letters", "events", "levels", "metadata", "outbox", "reservations", "sources"]
+__all__ = [
+    "checkpoints", "dead_letters", "events", "levels", "metadata", "outbox", "reservations",
+    "sources",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -67,7 +70,18 @@ levels = Table(
     Column("reported_at", BigInteger),
     Column("tail", Text, nullable=False),  # JSON [[occurred_at, delta], ...]
     Column("version", BigInteger, nullable=False),
+    # the highest events.id this row includes: the row is a checkpoint of the ledger, and the
+    # events after it are re-applied at start (repository.restore_levels)
+    Column("as_of", BigInteger, nullable=False, server_default="0"),
     sqlite_with_rowid=False,
+)
+
+# named marks of the engine; "levels_replay_from": the lowest events.id a level row may miss
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 reservations = Table(

@@ -414,6 +414,18 @@ def open_holds(ledger: Ledger) -> dict[str, int]:
             if r.state is ReservationState.HELD}
 
 
+async def levels_now(state_dir: Path) -> dict[tuple[str, str], int]:
+    """On-hand per (SKU, location) as the database gives it now: the level rows (a lazy
+    checkpoint) rolled forward with the ledger. Works while a daemon runs (WAL)."""
+    db = open_engine(sqlite_url(state_dir))
+    try:
+        async with db.connect() as conn:
+            found = await repo.load_levels(conn)
+    finally:
+        await db.dispose()
+    return {key: lvl.on_hand for key, lvl in found.items()}
+
+
 def sqlite_rows(state_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """A read through a separate SQLite connection (works while a daemon runs: WAL)."""
     db = sqlite3.connect(state_dir / "syncd.db", timeout=10)

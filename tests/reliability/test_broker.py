@@ -22,6 +22,7 @@ from tests.reliability.helpers import (
     DaemonProc,
     hwm_kib,
     iso,
+    levels_now,
     now_us,
     record,
     retail_config,
@@ -101,7 +102,7 @@ async def test_broker_restart_mid_stream_loses_no_acknowledged_event(
         recovered = time.monotonic() - restart_at
         (applied,) = sqlite_rows(state, "SELECT count(*) FROM events WHERE event_id LIKE 'R-%' "
                                         "AND outcome = 'applied'")[0]
-        (on_hand,) = sqlite_rows(state, "SELECT on_hand FROM levels WHERE sku = 'B1'")[0]
+        on_hand = (await levels_now(state))[("B1", "paris")]
     finally:
         assert await d.stop() == 0, d.tail()
     record("broker_restart", f"python3 -m pytest -q '{request.node.nodeid}'",
@@ -142,7 +143,8 @@ async def test_a_flood_beyond_the_ingest_rate_keeps_memory_bounded(
         stored_ids = set()
         for k in range(len(tills)):
             stored_ids |= stored(state, f"F{k}")
-        levels = dict(sqlite_rows(state, "SELECT sku, on_hand FROM levels WHERE sku LIKE 'F%'"))
+        levels = {sku: n for (sku, _), n in (await levels_now(state)).items()
+                  if sku.startswith("F")}
     finally:
         assert await d.stop() == 0, d.tail()
     record("flood", f"python3 -m pytest -q '{request.node.nodeid}'",

@@ -41,6 +41,7 @@ from tests.reliability.helpers import (
     SECRET_ENV,
     WATCH,
     WEBHOOK_SECRET,
+    levels_now,
     record,
     retail_config,
     soak,
@@ -269,7 +270,7 @@ class Running:
     def fingerprint(self) -> tuple[Any, ...]:
         return (
             sqlite_rows(self.state, "SELECT count(*), max(id) FROM events")[0],
-            sqlite_rows(self.state, "SELECT count(*), total(on_hand) FROM levels")[0],
+            sorted(asyncio.run(levels_now(self.state)).items()),
             sqlite_rows(self.state, "SELECT count(*), group_concat(state) FROM reservations")[0],
         )
 
