@@ -450,12 +450,15 @@ class Engine:
         return len(due)
 
     async def _checkpoint_all(self) -> None:
-        """Write every lagging level row (stop), a chunk per transaction."""
+        """Write every lagging level row (stop), a chunk per transaction, then move the mark
+        past the ledger's end (it may still be a conservative one left by a kill)."""
         now = asyncio.get_running_loop().time()
         while self.checkpoint.lagging:
             async with self.db.begin() as conn:
                 n = await self._write_checkpoint(conn, now, everything=True)
             self.checkpoint.written(n)
+        async with self.db.begin() as conn:  # every row is current: the next start replays none
+            await repo.set_replay_from(conn, await repo.next_event_id(conn))
 
     async def _prefetch(self, conn: Any, evs: Iterable[Event]) -> None:
         """Load the closed reservations that this batch's commands name (idempotency)."""

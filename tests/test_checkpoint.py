@@ -118,7 +118,7 @@ async def test_a_killed_engine_restarts_with_exactly_its_state(
         rows = await _raw_rows(fourth)
         mark = await repo.load_replay_from(conn)
     assert {k: v[0] for k, v in rows.items()} == {k: v[0] for k, v in before.items()}
-    assert all(as_of < mark for _, as_of in rows.values())
+    assert all(as_of < mark for _, as_of in rows.values()), (rows, mark, batches)
     replayed = replay(retailer(), [(e, at) for e, at, _ in log])
     assert {k: v for k, v in _state(replayed.levels).items() if v[-1]} == {
         k: v for k, v in before.items() if v[-1]}
