@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "COUNTED_STATES",
@@ -33,8 +33,11 @@ def to_micros(ts: datetime) -> int:
     """An aware datetime as integer microseconds since the epoch. Naive datetimes are refused."""
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("timestamp must carry a time zone")
-    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (ts - _EPOCH) // _MICROSECOND  # exact: timedelta // timedelta is an int
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def from_micros(us: int) -> datetime:

@@ -14,6 +14,7 @@ longer than their column, integers outside BIGINT.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -63,16 +64,19 @@ def _quote(value: object, limit: int = 64) -> str:
 # -- field validators --------------------------------------------------------------------------
 
 
+# one scan finds both: C0/C1 control characters and lone surrogates (not encodable as UTF-8)
+_UNFIT: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _clean_text(value: object) -> object:
     if not isinstance(value, str):
         return value  # strict str validation reports the type
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError("unicode", "must be valid Unicode (no lone surrogates)") from None
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
-        raise PydanticCustomError("control_char", "must not contain control characters")
-    return value
+    found = _UNFIT.search(value)
+    if found is None:
+        return value
+    if 0xD800 <= ord(found.group()) <= 0xDFFF:
+        raise PydanticCustomError("unicode", "must be valid Unicode (no lone surrogates)")
+    raise PydanticCustomError("control_char", "must not contain control characters")
 
 
 def _event_type(value: object) -> object:
@@ -170,11 +174,13 @@ class _DuplicateKey(ValueError):
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a key given twice: name the first repeat
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return out
 
 
