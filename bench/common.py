@@ -35,7 +35,7 @@ def record(section: str, body: str) -> None:
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + block + (text[nxt + 1:] if nxt != -1 else "")
+        text = text[:start] + block + ("\n" + text[nxt + 1:] if nxt != -1 else "")
     else:
         text = text.rstrip() + "\n\n" + block
     path.write_text(text)
