@@ -2,8 +2,10 @@
 
 It drains a bounded ingest queue in batches (whatever is waiting, up to `max_batch` events),
 applies them to the in-memory ledger and writes the whole batch's effect in one database
-transaction: ledger rows, levels, reservations, outbox rows, dead letters and source sequence
-numbers (group commit). Only after that commit does any source hear back: `Inbound.on_commit`
+transaction: ledger rows, reservations, dead letters and source sequence numbers (group commit).
+Level rows are a checkpoint of the ledger, written a generation at a time and rolled forward from
+the ledger at start (`syncd.checkpoint`); outbox rows are derived state, flushed every few
+seconds. Only after that commit does any source hear back: `Inbound.on_commit`
 runs, API futures resolve, pushers wake up. If the commit fails nothing is acknowledged, the
 touched part of the in-memory state is reloaded from the database, and the engine retries with
 backoff while the queue applies back-pressure upstream.
