@@ -58,6 +58,7 @@ COMMAND_TYPES = frozenset(
 )
 SYSTEM_CONNECTOR = "syncd"
 _APPLIED = Outcome.APPLIED.value
+_OK = Outcome.APPLIED  # enum members read once (a class lookup is a descriptor call)
 _ORDER = EventType.ORDER
 _CHANNEL_LEVEL = EventType.CHANNEL_LEVEL
 
@@ -332,7 +333,7 @@ class Engine:
         dead: list[DeadLetter] = [d for w in works for d in w.dead]
         unclaim: set[tuple[str, str]] = set()  # commands claimed here but not applied
         fixes: list[tuple[str, str | None, str, str]] = []
-        counted: Counter[tuple[str, str, str]] = Counter()
+        counted: Counter[tuple[str, EventType, Outcome]] = Counter()
         seqs: dict[tuple[str, str], int] = {}
         last_seq = self.last_seq
         apply = self.ledger.apply
@@ -385,17 +386,17 @@ class Engine:
                         else:
                             v = apply(ev, now, changes)
                         if is_command:
-                            if v.outcome is Outcome.APPLIED:
+                            if v.outcome is _OK:
                                 kept.add(ident)
                             elif claimed:
                                 unclaim.add(ident)
-                        elif v.outcome is not Outcome.APPLIED:
+                        elif v.outcome is not _OK:
                             fixes.append((v.outcome.value, v.reason or None, *ident))
                     if ev.seq is not None and ev.source is not None:
                         skey = (ev.connector, ev.source)
                         if ev.seq > seqs.get(skey, last_seq.get(skey, -1)):
                             seqs[skey] = ev.seq
-                    counted[(ev.connector, typ.value, v.outcome.value)] += 1
+                    counted[(ev.connector, typ, v.outcome)] += 1
                     out.append(v)
                 verdicts.append(out)
 
@@ -531,15 +532,12 @@ class Engine:
         changes: Changes,
         staged: _Staged,
         seqs: dict[tuple[str, str], int],
-        counted: Counter[tuple[str, str, str]],
+        counted: Counter[tuple[str, EventType, Outcome]],
         dead: list[DeadLetter],
         now: int,
     ) -> None:
         ob = self.outbox
-        channels: set[str] = set()
-        for key, (desired, version) in staged.desired.items():
-            ob.commit_desired(key, desired, version, now)
-            channels.add(key[0])
+        channels = ob.commit_many(staged.desired, now)
         ob.dirty.update(staged.desired)
         for key, shown in staged.drift.items():
             ob.force_repush(key, shown, now)
@@ -548,7 +546,7 @@ class Engine:
         ob.notify(channels)
         self.last_seq.update(seqs)
         for (connector, typ, outcome), n in counted.items():
-            self.metrics.events.labels(connector, typ, outcome).inc(n)
+            self.metrics.events.labels(connector, typ.value, outcome.value).inc(n)
         for d in dead:
             self.metrics.dead_letters.labels(d.connector).inc()
         for lkey in changes.levels:

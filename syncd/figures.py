@@ -25,6 +25,7 @@ class Figures:
         self.direct: dict[str, list[tuple[str, str, int]]] = {}
         # location -> the channels whose figures combine locations (pooled, or another basis)
         self.combined: dict[str, list[Channel]] = {}
+        self.safety: dict[str, int] = {}  # location -> its safety stock
         self.reindex()
 
     def reindex(self) -> None:
@@ -42,6 +43,7 @@ class Figures:
                     key = loc if remote is None else remote[loc]
                     direct.setdefault(loc, []).append((ch.name, key, ch.max_quantity))
         self.direct, self.combined = direct, combined
+        self.safety = {name: loc.safety_stock for name, loc in known.items()}
 
     def of(self, ch: Channel, sku: str, now: int,
            only: set[str] | None = None) -> dict[str, int]:
@@ -52,7 +54,7 @@ class Figures:
         if not per_loc:  # the common case, without intermediate dicts
             total = 0
             for loc in ch.sells_from:
-                a = ledger.avail(sku, loc, now)
+                a = self._avail(sku, loc, now)
                 if a > 0:
                     total += a
             return {"": availability.published(total, ch.allocation, ch.safety_stock,
@@ -68,13 +70,23 @@ class Figures:
             return availability.channel_figures(ch, avails, foreign, on_hand, only=only)
         return availability.channel_figures(ch, avails, only=only)
 
+    def _avail(self, sku: str, loc: str, now: int) -> int:
+        """`Ledger.avail` for a location of the configuration, with its safety stock indexed
+        (the per-figure path of every batch)."""
+        ledger = self.ledger
+        key = (sku, loc)
+        lvl = ledger.levels.get(key)
+        reserved = ledger.reserved(sku, loc, now) if key in ledger.open else 0
+        return availability.avail(lvl.on_hand if lvl is not None else 0, reserved,
+                                  self.safety[loc])
+
     def moved(
         self, keys: Iterable[tuple[str, str]], now: int
     ) -> Iterator[tuple[tuple[str, str, str], int]]:
         """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch."""
         touched: dict[tuple[str, str], set[str]] = {}  # (sku, channel) -> moved locations
         direct, combined = self.direct, self.combined
-        avail = self.ledger.avail
+        avail = self._avail
         for sku, loc in keys:
             simple = direct.get(loc)
             if simple:

@@ -33,6 +33,10 @@ __all__ = ["Changes", "Ledger", "LedgerConfig", "Verdict", "replay"]
 log = logging.getLogger("syncd.ledger")
 
 Key = tuple[str, str]  # (sku, location)
+# enum members read once: a member looked up on its class costs a descriptor call (Python 3.11)
+_APPLIED = Outcome.APPLIED
+_COUNT = EventType.COUNT
+_PICKUP = EventType.PICKUP
 
 
 @dataclass(slots=True, frozen=True)
@@ -185,15 +189,19 @@ class Ledger:
             return Verdict(Outcome.REJECTED, f"unknown location {loc_name!r}")
         if ev.connector != loc.authority:  # rule 2
             return Verdict(Outcome.IGNORED, f"{ev.connector!r} is not the authority of {loc_name}")
-        lvl = self.level(ev.sku, loc_name)
+        key = (ev.sku, loc_name)
+        lvl = self.levels.get(key)
+        if lvl is None:
+            lvl = self.levels[key] = Level()
         before = lvl.on_hand
-        if ev.type is EventType.COUNT:
+        typ = ev.type
+        if typ is _COUNT:
             applied = apply_count(lvl, ev.qty, ev.occurred_at)
         else:
-            applied = apply_delta(lvl, DELTA_SIGN[ev.type] * ev.qty, ev.occurred_at,
+            applied = apply_delta(lvl, DELTA_SIGN[typ] * ev.qty, ev.occurred_at,
                                   self.config.tail_horizon)
         hold_verdict: Reservation | None = None
-        if ev.type is EventType.PICKUP and ev.hold_id:
+        if typ is _PICKUP and ev.hold_id:
             # the handover happened whether or not its delta is already inside a count
             hold = self.reservations.get(ev.hold_id)
             if hold is not None and hold.state is ReservationState.HELD:
@@ -201,14 +209,14 @@ class Ledger:
                 hold_verdict = hold
         if not applied:
             return Verdict(Outcome.STALE, "already inside a later count", hold_verdict)
-        key = (ev.sku, loc_name)
         changes.levels.add(key)
         if lvl.on_hand < 0 <= before:
             changes.oversold.add(key)
         # rule 6: a fulfilled order is settled once the authority reports stock as of a time at
         # or after its fulfilment
-        self._settle(key, lvl, now, changes)
-        return Verdict(Outcome.APPLIED, "", hold_verdict)
+        if key in self.open:
+            self._settle(key, lvl, now, changes)
+        return Verdict(_APPLIED, "", hold_verdict)
 
     def _settle(self, key: Key, lvl: Level, now: int, changes: Changes) -> None:
         bucket = self.open.get(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -67,24 +68,40 @@ class Outbox:
 
     # -- engine side (after commit) -------------------------------------------------------------
 
-    def commit_desired(self, key: OKey, desired: int, version: int, committed_at: int) -> None:
-        row = self.rows.get(key)
-        if row is None:
-            self.rows[key] = OutboxRow(desired=desired, version=version,
-                                       committed_at=committed_at, next_attempt_at=0)
-        else:
-            if row.pending:
-                child = self._coalesced.get(key[0])
-                if child is None:
-                    child = self._coalesced[key[0]] = self.metrics.coalesced.labels(key[0])
-                child.inc()
-            row.desired = desired
-            row.version = version
-            row.committed_at = committed_at
-            row.attempts = 0
-            row.next_attempt_at = 0
-            row.state = "pending"
-        self._mark_pending(key)
+    def commit_many(self, staged: dict[OKey, tuple[int, int]], committed_at: int) -> set[str]:
+        """Take the desired values a commit made durable (`key -> (desired, version)`); returns
+        the channels that have new work. The per-figure path of every batch, kept lean."""
+        rows = self.rows
+        pending = self.pending
+        channels: set[str] = set()
+        coalesced: Counter[str] = Counter()
+        ch_name = ""
+        ch_pending: dict[tuple[str, str], None] = {}
+        for key, (desired, version) in staged.items():
+            channel, sku, loc = key
+            if channel != ch_name:
+                ch_name = channel
+                ch_pending = pending.setdefault(channel, {})
+                channels.add(channel)
+            row = rows.get(key)
+            if row is None:
+                rows[key] = OutboxRow(desired, version, committed_at)
+            else:
+                if row.pushed_version != row.version:  # still pending: this value replaces it
+                    coalesced[channel] += 1
+                row.desired = desired
+                row.version = version
+                row.committed_at = committed_at
+                row.attempts = 0
+                row.next_attempt_at = 0
+                row.state = "pending"
+            ch_pending[(sku, loc)] = None
+        for channel, n in coalesced.items():
+            child = self._coalesced.get(channel)
+            if child is None:
+                child = self._coalesced[channel] = self.metrics.coalesced.labels(channel)
+            child.inc(n)
+        return channels
 
     def force_repush(self, key: OKey, remote: int, committed_at: int) -> None:
         """Drift: the channel shows `remote`; push the desired value again (rule 5)."""

@@ -55,7 +55,9 @@ def apply_delta(
     if tail[0][0] <= cut:
         level.tail = [entry for entry in tail if entry[0] > cut]
         level.floor = cut if level.floor is None else max(level.floor, cut)
-    _reported(level, occurred_at)
+    reported = level.reported_at
+    if reported is None or occurred_at > reported:  # `_reported`, inlined: the hot path
+        level.reported_at = occurred_at
     level.version += 1
     return True
 

@@ -155,7 +155,7 @@ async def upsert(
 def event_row(ev: Event, applied_at: int, outcome: str, reason: str) -> tuple[Any, ...]:
     """A ledger row, in `EVENT_COLS` order (the table's own column order)."""
     return (
-        ev.connector, ev.event_id, ev.type.value, ev.sku, ev.location, ev.qty, ev.occurred_at,
+        ev.connector, ev.event_id, ev.type._value_, ev.sku, ev.location, ev.qty, ev.occurred_at,
         applied_at, outcome, reason or None, ev.source, ev.seq, ev.hold_id, ev.order_id,
         ev.channel, ev.expires_at, ev.remote_location,
     )
@@ -198,7 +198,8 @@ async def claim_events(
     not applied (`set_outcomes`), in the same transaction. On PostgreSQL a multi-row `RETURNING`
     names the inserted rows; on SQLite, where the one writer holds the database lock for the
     whole transaction, they are the rows above the previous highest rowid (an `executemany` of a
-    prepared statement is far cheaper there than parsing a multi-row statement)."""
+    prepared statement is far cheaper there than parsing a multi-row statement); when the
+    insert's row count says every row went in, the rows themselves are the answer."""
     inserted: set[tuple[str, str]] = set()
     if not rows:
         return inserted, 0
@@ -206,7 +207,10 @@ async def claim_events(
     if conn.dialect.name != "postgresql":
         sql = _compiled_in_order(conn, events, EVENT_COLS, ())
         sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
-        await conn.exec_driver_sql(sql, list(rows))
+        written = (await conn.exec_driver_sql(sql, list(rows))).rowcount
+        if written == len(rows):  # no duplicate: the common case needs no read-back
+            inserted.update(_pairs(rows))
+            return inserted, first
         result = await conn.exec_driver_sql(
             "SELECT connector, event_id FROM events WHERE id >= ?", (first,))
         inserted.update(_pairs(result.all()))
