@@ -28,6 +28,7 @@ from syncd.model import (
 )
 from syncd.rules import DEFAULT_TAIL_HORIZON
 
+from ._nulls import positions, split_nulls
 from .tables import checkpoints, dead_letters, events, levels, outbox, reservations, sources
 
 __all__ = [
@@ -82,14 +83,18 @@ _COMPILED: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...]]] =
 
 
 def _compiled(
-    conn: AsyncConnection, table: Table, keys: Sequence[str], cols: Sequence[str]
+    conn: AsyncConnection, table: Table, keys: Sequence[str], cols: Sequence[str],
+    updates: Sequence[str] | None = None,
 ) -> tuple[str, tuple[str, ...]]:
     """The dialect's SQL for a batch insert (or upsert on `keys`) of `cols`, compiled once.
+    An upsert sets `updates` (every column of `cols` but the keys, by default) from `excluded`.
 
     Batch writes are the hot path of the engine: executing the compiled SQL with plain tuples
     skips SQLAlchemy's per-row parameter processing (most of the cost at 50k rows/s)."""
     dialect = conn.dialect
-    cache_key = (dialect.name, table.name, (*keys, "|", *cols))
+    if updates is None:
+        updates = [c for c in cols if c not in keys]
+    cache_key = (dialect.name, table.name, (*keys, "|", *cols, "|", *updates))
     hit = _COMPILED.get(cache_key)
     if hit is not None:
         return hit
@@ -102,7 +107,6 @@ def _compiled(
         raise RuntimeError(f"unsupported database dialect {dialect.name}")
     stmt = stmt.values({c: bindparam(c) for c in cols})
     if keys:
-        updates = [c for c in cols if c not in keys]
         stmt = stmt.on_conflict_do_update(
             index_elements=list(keys), set_={c: stmt.excluded[c] for c in updates}
         )
@@ -125,21 +129,31 @@ async def _write(
 
 
 def _compiled_in_order(
-    conn: AsyncConnection, table: Table, cols: Sequence[str], keys: Sequence[str]
+    conn: AsyncConnection, table: Table, cols: Sequence[str], keys: Sequence[str],
+    updates: Sequence[str] | None = None,
 ) -> str:
     """The compiled SQL, checked to take its parameters in `cols` order (rows are tuples)."""
-    sql, names = _compiled(conn, table, keys, cols)
+    sql, names = _compiled(conn, table, keys, cols, updates)
     if names != tuple(cols):
         raise RuntimeError(f"{table.name}: parameter order {names} differs from {tuple(cols)}")
     return sql
 
 
 async def _write_tuples(
-    conn: AsyncConnection, table: Table, cols: Sequence[str], keys: Sequence[str],
-    rows: Sequence[tuple[Any, ...]],
+    conn: AsyncConnection, table: Table, cols: tuple[str, ...], keys: Sequence[str],
+    rows: Sequence[tuple[Any, ...]], nullable: tuple[int, ...] = (),
 ) -> None:
-    if rows:
-        await conn.exec_driver_sql(_compiled_in_order(conn, table, cols, keys), list(rows))
+    """Insert or upsert tuples in `cols` order; on SQLite the columns at `nullable` positions
+    are left out of the statement where they are NULL (`_nulls`: binding None is slow there)."""
+    if not rows:
+        return
+    if nullable and conn.dialect.name == "sqlite":
+        updates = [c for c in cols if c not in keys]
+        for shape, group in split_nulls(cols, nullable, rows, ordered=False):
+            sql = _compiled_in_order(conn, table, shape.cols, keys, updates)
+            await conn.exec_driver_sql(sql, group)
+        return
+    await conn.exec_driver_sql(_compiled_in_order(conn, table, cols, keys), list(rows))
 
 
 async def upsert(
@@ -169,6 +183,8 @@ _INSERT_EVENTS = (
     "outcome, reason, source, seq, hold_id, order_id, channel, expires_at, remote_location) "
     "VALUES "
 )
+_EVENT_NULLABLE = positions(EVENT_COLS, ("location", "reason", "source", "seq", "hold_id",
+                                        "order_id", "channel", "expires_at", "remote_location"))
 _MAX_PARAMS = 30_000  # under SQLite's 32,766 and PostgreSQL's 32,767 bound parameters
 
 
@@ -205,9 +221,11 @@ async def claim_events(
         return inserted, 0
     first = await next_event_id(conn)
     if conn.dialect.name != "postgresql":
-        sql = _compiled_in_order(conn, events, EVENT_COLS, ())
-        sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
-        written = (await conn.exec_driver_sql(sql, list(rows))).rowcount
+        written = 0  # in runs of one shape of NULLs, in order: the ids are the ledger's order
+        for shape, group in split_nulls(EVENT_COLS, _EVENT_NULLABLE, rows, ordered=True):
+            sql = _compiled_in_order(conn, events, shape.cols, ())
+            sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
+            written += (await conn.exec_driver_sql(sql, group)).rowcount
         if written == len(rows):  # no duplicate: the common case needs no read-back
             inserted.update(_pairs(rows))
             return inserted, first
@@ -274,6 +292,7 @@ async def iter_events(conn: AsyncConnection) -> list[tuple[Event, int, str]]:
 
 LEVEL_COLS = ("sku", "location", "on_hand", "watermark", "floor", "reported_at", "tail",
               "version", "as_of")
+_LEVEL_NULLABLE = positions(LEVEL_COLS, ("watermark", "floor", "reported_at"))
 REPLAY_FROM = "levels_replay_from"
 # the events whose effect is on a level (re-applied by `restore_levels`)
 _LEVEL_TYPES = (*sorted(t.value for t in STOCK_TYPES), EventType.HOLD_COLLECT.value)
@@ -294,7 +313,7 @@ def level_row(sku: str, location: str, lvl: Level, as_of: int) -> tuple[Any, ...
 
 
 async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows)
+    await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows, _LEVEL_NULLABLE)
 
 
 async def next_event_id(conn: AsyncConnection) -> int:
@@ -467,6 +486,7 @@ async def load_reservations(
 
 OUTBOX_COLS = ("channel", "sku", "location", "desired", "version", "committed_at", "pushed",
                "pushed_version", "remote", "state", "attempts", "last_error", "next_attempt_at")
+_OUTBOX_NULLABLE = positions(OUTBOX_COLS, ("pushed", "remote", "last_error"))
 
 
 def outbox_row(key: tuple[str, str, str], row: OutboxRow) -> tuple[Any, ...]:
@@ -477,7 +497,8 @@ def outbox_row(key: tuple[str, str, str], row: OutboxRow) -> tuple[Any, ...]:
 
 
 async def upsert_outbox(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await _write_tuples(conn, outbox, OUTBOX_COLS, ("channel", "sku", "location"), rows)
+    await _write_tuples(conn, outbox, OUTBOX_COLS, ("channel", "sku", "location"), rows,
+                        _OUTBOX_NULLABLE)
 
 
 async def load_outbox(conn: AsyncConnection) -> dict[tuple[str, str, str], OutboxRow]:

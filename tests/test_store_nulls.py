@@ -1,0 +1,118 @@
+"""Batch writes leave NULL columns out of the statement on SQLite (`syncd.store._nulls`).
+
+The split must be lossless and keep the ledger's order; a value that becomes NULL must be written
+as NULL by an upsert; and the same writes must give the same rows on PostgreSQL, where nothing is
+split."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from syncd.model import Event, EventType
+from syncd.store import open_engine, upgrade
+from syncd.store import repository as repo
+from syncd.store._nulls import split_nulls
+from syncd.store.repository import OutboxRow
+from tests.core import T0, db_url
+
+__all__ = ["db_url"]
+
+COLS = ("a", "b", "c", "d", "e")
+NULLABLE = (1, 3, 4)
+_row = st.tuples(
+    st.integers(), st.none() | st.integers(), st.text(max_size=3),
+    st.none() | st.text(max_size=3), st.none() | st.integers(),
+)
+
+
+def _restore(cols: tuple[str, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
+    values = dict(zip(cols, row, strict=True))
+    return tuple(values.get(c) for c in COLS)
+
+
+@given(st.lists(_row, max_size=30))
+def test_ordered_runs_give_back_every_row_in_order(rows: list[tuple[Any, ...]]) -> None:
+    groups = split_nulls(COLS, NULLABLE, rows, ordered=True)
+    back = [_restore(shape.cols, r) for shape, group in groups for r in group]
+    assert back == rows
+    for shape, group in groups:
+        assert group  # no empty run
+        for r in group:  # nothing NULL is bound
+            assert all(v is not None for c, v in zip(shape.cols, r, strict=True)
+                       if COLS.index(c) in NULLABLE)
+    # consecutive runs differ in shape (a run is as long as it can be)
+    assert all(a[0] is not b[0] for a, b in pairwise(groups))
+
+
+@given(st.lists(_row, max_size=30))
+def test_unordered_groups_give_back_every_row_once(rows: list[tuple[Any, ...]]) -> None:
+    groups = split_nulls(COLS, NULLABLE, rows, ordered=False)
+    back = [_restore(shape.cols, r) for shape, group in groups for r in group]
+    assert sorted(map(repr, back)) == sorted(map(repr, rows))
+    assert len({id(shape) for shape, _ in groups}) == len(groups)
+
+
+async def test_ledger_rows_keep_order_and_nulls(db_url: str) -> None:
+    """Rows of different shapes, interleaved: ids follow the input order, NULLs stay NULL, and
+    a repeated identity is not inserted (the claim reads the rest back)."""
+    db = open_engine(db_url)
+    await upgrade(db)
+    evs = [
+        Event("pos", "e1", EventType.SALE, "A", 1, T0, location="s1", source="t1", seq=1),
+        Event("web", "o1", EventType.ORDER, "A", 2, T0 + 1, channel="shop", order_id="O-1"),
+        Event("pos", "e2", EventType.COUNT, "A", 9, T0 + 2, location="s1"),
+        Event("hold", "h1", EventType.HOLD_CREATE, "A", 1, T0 + 3, location="s1",
+              hold_id="H1", expires_at=T0 + 99),
+    ]
+    rows = [repo.event_row(e, T0, "applied", "") for e in evs]
+    try:
+        async with db.begin() as conn:
+            fresh, _ = await repo.claim_events(conn, rows)
+        assert fresh == {(e.connector, e.event_id) for e in evs}
+        async with db.begin() as conn:  # one repeat among new rows
+            again = [rows[1], repo.event_row(
+                Event("pos", "e3", EventType.SALE, "B", 1, T0 + 4, location="s1"), T0,
+                "applied", "")]
+            fresh, _ = await repo.claim_events(conn, again)
+        assert fresh == {("pos", "e3")}
+        async with db.connect() as conn:
+            stored = (await conn.execute(text(
+                "SELECT event_id, location, source, seq, order_id, channel, hold_id, "
+                "expires_at, reason FROM events ORDER BY id"))).all()
+        assert [tuple(r) for r in stored] == [
+            ("e1", "s1", "t1", 1, None, None, None, None, None),
+            ("o1", None, None, None, "O-1", "shop", None, None, None),
+            ("e2", "s1", None, None, None, None, None, None, None),
+            ("h1", "s1", None, None, None, None, "H1", T0 + 99, None),
+            ("e3", "s1", None, None, None, None, None, None, None),
+        ]
+    finally:
+        await db.dispose()
+
+
+async def test_upsert_writes_a_value_that_became_null(db_url: str) -> None:
+    """An outbox row whose push result and error were cleared (a new version): the upsert of
+    the NULL shape must overwrite the old values, not keep them."""
+    db = open_engine(db_url)
+    await upgrade(db)
+    key = ("shop", "A", "")
+    failed = OutboxRow(5, 2, T0, pushed=4, pushed_version=1, remote=4, state="failed",
+                       last_error="HTTP 422", next_attempt_at=0)
+    cleared = OutboxRow(6, 3, T0 + 1)
+    try:
+        async with db.begin() as conn:
+            await repo.upsert_outbox(conn, [repo.outbox_row(key, failed)])
+        async with db.begin() as conn:
+            await repo.upsert_outbox(conn, [repo.outbox_row(key, cleared),
+                                            repo.outbox_row(("shop", "B", ""), failed)])
+        async with db.connect() as conn:
+            rows = await repo.load_outbox(conn)
+        assert rows[key] == cleared
+        assert rows[("shop", "B", "")] == failed
+    finally:
+        await db.dispose()
