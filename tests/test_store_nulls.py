@@ -116,3 +116,41 @@ async def test_upsert_writes_a_value_that_became_null(db_url: str) -> None:
         assert rows[("shop", "B", "")] == failed
     finally:
         await db.dispose()
+
+
+async def test_blocks_of_rows_keep_order_dedupe_and_last_write(db_url: str) -> None:
+    """More rows than one multi-row statement holds (SQLite writes blocks of 64, then the rest
+    one by one): repeats inside a block are not inserted, ids follow the input order, and an
+    upsert that names a key twice in one block keeps the later row."""
+    db = open_engine(db_url)
+    await upgrade(db)
+
+    def sale(i: int) -> tuple[Any, ...]:
+        return repo.event_row(Event("pos", f"e{i:04d}", EventType.SALE, "A", 1, T0 + i,
+                                    location="s1", source="t1", seq=i), T0, "applied", "")
+
+    try:
+        async with db.begin() as conn:
+            fresh, _ = await repo.claim_events(conn, [sale(i) for i in range(150)])
+        assert len(fresh) == 150
+        mixed = [sale(i) for i in range(100, 250)]  # 50 repeats, then 100 new
+        mixed = mixed[::2] + mixed[1::2]  # interleave repeats and new rows
+        async with db.begin() as conn:
+            fresh, _ = await repo.claim_events(conn, mixed)
+        assert fresh == {("pos", f"e{i:04d}") for i in range(150, 250)}
+        async with db.connect() as conn:
+            ids = [r[0] for r in (await conn.execute(text(
+                "SELECT event_id FROM events ORDER BY id"))).all()]
+        new_order = [r[1] for r in mixed if int(r[1][1:]) >= 150]
+        assert ids == [f"e{i:04d}" for i in range(150)] + new_order
+        rows = [repo.outbox_row(("shop", f"S{i:03d}", ""), OutboxRow(i, 1, T0))
+                for i in range(130)]
+        rows.insert(40, repo.outbox_row(("shop", "S050", ""), OutboxRow(-1, 1, T0)))
+        async with db.begin() as conn:
+            await repo.upsert_outbox(conn, rows)
+        async with db.connect() as conn:
+            stored = await repo.load_outbox(conn)
+        assert len(stored) == 130
+        assert {k[1]: r.desired for k, r in stored.items()} == {f"S{i:03d}": i for i in range(130)}
+    finally:
+        await db.dispose()

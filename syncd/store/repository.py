@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select, tuple_
@@ -151,9 +152,37 @@ async def _write_tuples(
         updates = [c for c in cols if c not in keys]
         for shape, group in split_nulls(cols, nullable, rows, ordered=False):
             sql = _compiled_in_order(conn, table, shape.cols, keys, updates)
-            await conn.exec_driver_sql(sql, group)
+            await _sqlite_many(conn, sql, len(shape.cols), group)
         return
     await conn.exec_driver_sql(_compiled_in_order(conn, table, cols, keys), list(rows))
+
+
+_BLOCK = 64  # rows per multi-row VALUES statement on SQLite
+_MULTI: dict[tuple[str, int], str] = {}
+
+
+async def _sqlite_many(
+    conn: AsyncConnection, sql: str, ncols: int, rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """Execute the one-row SQLite statement `sql` for every row, in order; returns the rows
+    changed. Blocks of `_BLOCK` rows go in one multi-row VALUES statement, which sqlite3 prepares
+    once and caches: one step per block instead of one per row, a quarter cheaper per row than
+    an `executemany` of the one-row statement. The rest go one by one."""
+    n = len(rows)
+    full = n - n % _BLOCK
+    changed = 0
+    if full:
+        multi = _MULTI.get((sql, ncols))
+        if multi is None:
+            one = "(" + ", ".join(["?"] * ncols) + ")"
+            if sql.count(one) != 1:
+                raise RuntimeError(f"cannot find the one-row VALUES {one} in {sql!r}")
+            multi = _MULTI[(sql, ncols)] = sql.replace(one, ", ".join([one] * _BLOCK))
+        blocks = [tuple(chain.from_iterable(rows[i : i + _BLOCK])) for i in range(0, full, _BLOCK)]
+        changed += (await conn.exec_driver_sql(multi, blocks)).rowcount
+    if full < n:
+        changed += (await conn.exec_driver_sql(sql, list(rows[full:]))).rowcount
+    return changed
 
 
 async def upsert(
@@ -213,9 +242,9 @@ async def claim_events(
     ledger (rule 1) and writes the rows; the caller then fixes the outcomes of the few that were
     not applied (`set_outcomes`), in the same transaction. On PostgreSQL a multi-row `RETURNING`
     names the inserted rows; on SQLite, where the one writer holds the database lock for the
-    whole transaction, they are the rows above the previous highest rowid (an `executemany` of a
-    prepared statement is far cheaper there than parsing a multi-row statement); when the
-    insert's row count says every row went in, the rows themselves are the answer."""
+    whole transaction, they are the rows above the previous highest rowid (the rows go in by
+    `_sqlite_many`, in order); when the insert's row count says every row went in, the rows
+    themselves are the answer."""
     inserted: set[tuple[str, str]] = set()
     if not rows:
         return inserted, 0
@@ -225,7 +254,7 @@ async def claim_events(
         for shape, group in split_nulls(EVENT_COLS, _EVENT_NULLABLE, rows, ordered=True):
             sql = _compiled_in_order(conn, events, shape.cols, ())
             sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
-            written += (await conn.exec_driver_sql(sql, group)).rowcount
+            written += await _sqlite_many(conn, sql, len(shape.cols), group)
         if written == len(rows):  # no duplicate: the common case needs no read-back
             inserted.update(_pairs(rows))
             return inserted, first
