@@ -11,13 +11,14 @@ so the rows are written with one statement per shape of NULLs instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from operator import itemgetter
+from functools import partial
+from operator import is_, itemgetter
 from typing import Any
 
 __all__ = ["Shape", "positions", "split_nulls"]
 
 Row = tuple[Any, ...]
-_IS_NONE = None.__eq__  # True for None, NotImplemented for anything else; a C call in map()
+_IS_NONE = partial(is_, None)  # `value is None`, as a C call for map()
 
 
 class Shape:
@@ -37,7 +38,7 @@ def _shape(cols: tuple[str, ...], nullable: tuple[int, ...], mask: tuple[Any, ..
     key = (cols, nullable, mask)
     hit = _SHAPES.get(key)
     if hit is None:
-        dropped = {pos for pos, null in zip(nullable, mask, strict=True) if null is True}
+        dropped = {pos for pos, null in zip(nullable, mask, strict=True) if null}
         kept = [i for i in range(len(cols)) if i not in dropped]
         take: Callable[[Row], Row] | None = None
         if dropped:

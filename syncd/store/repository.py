@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select, tuple_
@@ -212,6 +213,7 @@ _INSERT_EVENTS = (
     "outcome, reason, source, seq, hold_id, order_id, channel, expires_at, remote_location) "
     "VALUES "
 )
+_IDENT = itemgetter(0, 1)  # (connector, event_id) of a ledger row
 _EVENT_NULLABLE = positions(EVENT_COLS, ("location", "reason", "source", "seq", "hold_id",
                                         "order_id", "channel", "expires_at", "remote_location"))
 _MAX_PARAMS = 30_000  # under SQLite's 32,766 and PostgreSQL's 32,767 bound parameters
@@ -256,7 +258,7 @@ async def claim_events(
             sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
             written += await _sqlite_many(conn, sql, len(shape.cols), group)
         if written == len(rows):  # no duplicate: the common case needs no read-back
-            inserted.update(_pairs(rows))
+            inserted.update(map(_IDENT, rows))
             return inserted, first
         result = await conn.exec_driver_sql(
             "SELECT connector, event_id FROM events WHERE id >= ?", (first,))
@@ -332,7 +334,10 @@ def encode_tail(tail: Sequence[tuple[int, int]]) -> str:
     are plain ints, and this is three times cheaper than `json.dumps` on the hot path."""
     if not tail:
         return "[]"
-    return "[" + ",".join([f"[{at:d},{delta:d}]" for at, delta in tail]) + "]"
+    if len(tail) == 1:  # the common case
+        at, delta = tail[0]
+        return f"[[{at},{delta}]]"
+    return "[" + ",".join([f"[{at},{delta}]" for at, delta in tail]) + "]"
 
 
 def level_row(sku: str, location: str, lvl: Level, as_of: int) -> tuple[Any, ...]:
