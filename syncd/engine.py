@@ -549,15 +549,18 @@ class Engine:
             self.metrics.events.labels(connector, typ.value, outcome.value).inc(n)
         for d in dead:
             self.metrics.dead_letters.labels(d.connector).inc()
-        for lkey in changes.levels:
-            lvl = self.ledger.levels[lkey]
-            if lvl.on_hand < 0:
-                if lkey not in self.oversold:
-                    self.oversold.add(lkey)
-                    log.warning("oversold: on-hand below zero, published as 0",
-                                extra={"location": lkey[1], "on_hand": lvl.on_hand})
-            else:
-                self.oversold.discard(lkey)
+        # a level goes below zero only in an event of the batch (`changes.oversold`); one that
+        # was below zero may have come back (a count, a receipt)
+        levels, oversold = self.ledger.levels, self.oversold
+        for lkey in changes.oversold:
+            lvl = levels[lkey]
+            if lvl.on_hand < 0 and lkey not in oversold:
+                oversold.add(lkey)
+                log.warning("oversold: on-hand below zero, published as 0",
+                            extra={"location": lkey[1], "on_hand": lvl.on_hand})
+        if oversold:
+            back = [k for k in (oversold & changes.levels) if levels[k].on_hand >= 0]
+            oversold.difference_update(back)
         for kind, old, new in changes.transitions:
             if kind == "hold":
                 if old is not None:

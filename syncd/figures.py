@@ -26,6 +26,7 @@ class Figures:
         # location -> the channels whose figures combine locations (pooled, or another basis)
         self.combined: dict[str, list[Channel]] = {}
         self.safety: dict[str, int] = {}  # location -> its safety stock
+        self.pooled: set[str] = set()  # channels with one figure per SKU from all locations
         self.reindex()
 
     def reindex(self) -> None:
@@ -44,14 +45,15 @@ class Figures:
                     direct.setdefault(loc, []).append((ch.name, key, ch.max_quantity))
         self.direct, self.combined = direct, combined
         self.safety = {name: loc.safety_stock for name, loc in known.items()}
+        self.pooled = {ch.name for ch in self.ledger.config.channels.values()
+                       if not _per_location(ch)}
 
     def of(self, ch: Channel, sku: str, now: int,
            only: set[str] | None = None) -> dict[str, int]:
         """The channel's figures for one SKU; with `only`, a per-location channel computes
         just those locations."""
         ledger = self.ledger
-        per_loc = bool(ch.location_map) or ch.per_location or ch.basis != "available"
-        if not per_loc:  # the common case, without intermediate dicts
+        if not _per_location(ch):  # the common case, without intermediate dicts
             total = 0
             for loc in ch.sells_from:
                 a = self._avail(sku, loc, now)
@@ -83,22 +85,56 @@ class Figures:
     def moved(
         self, keys: Iterable[tuple[str, str]], now: int
     ) -> Iterator[tuple[tuple[str, str, str], int]]:
-        """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch."""
+        """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch.
+
+        The per-figure path of every batch: the availability of a location is computed here
+        from its level, its open reservations and its indexed safety stock (`Ledger.avail`
+        without the calls), a pooled channel's figure once per SKU from all of its locations."""
+        ledger = self.ledger
+        levels, open_res, safety = ledger.levels, ledger.open, self.safety
+        reserved, formula = ledger.reserved, availability.avail
+        direct, combined, pooled_names = self.direct, self.combined, self.pooled
+        pooled: set[tuple[str, str]] = set()  # (sku, channel) of pooled channels
         touched: dict[tuple[str, str], set[str]] = {}  # (sku, channel) -> moved locations
-        direct, combined = self.direct, self.combined
-        avail = self._avail
-        for sku, loc in keys:
+        for key in keys:
+            sku, loc = key
             simple = direct.get(loc)
             if simple:
-                a = avail(sku, loc, now)
+                lvl = levels.get(key)
+                a = formula(lvl.on_hand if lvl is not None else 0,
+                            reserved(sku, loc, now) if key in open_res else 0, safety[loc])
                 for ch_name, remote, cap in simple:
                     yield (ch_name, sku, remote), (a if a < cap else cap) if a > 0 else 0
-            for ch in combined.get(loc, ()):
-                touched.setdefault((sku, ch.name), set()).add(loc)
-        channels = self.ledger.config.channels
+            chans = combined.get(loc)
+            if chans:
+                for ch in chans:
+                    if ch.name in pooled_names:
+                        pooled.add((sku, ch.name))
+                    else:
+                        touched.setdefault((sku, ch.name), set()).add(loc)
+        channels = ledger.config.channels
+        for sku, ch_name in pooled:
+            channel = channels.get(ch_name)
+            if channel is None:
+                continue
+            total = 0
+            for loc in channel.sells_from:
+                key = (sku, loc)
+                lvl = levels.get(key)
+                a = formula(lvl.on_hand if lvl is not None else 0,
+                            reserved(sku, loc, now) if key in open_res else 0, safety[loc])
+                if a > 0:
+                    total += a
+            yield (ch_name, sku, ""), availability.published(
+                total, channel.allocation, channel.safety_stock, channel.max_quantity)
         for (sku, ch_name), locs in touched.items():
             channel = channels.get(ch_name)
             if channel is None:
                 continue
             for remote_loc, qty in self.of(channel, sku, now, locs).items():
                 yield (ch_name, sku, remote_loc), qty
+
+
+def _per_location(ch: Channel) -> bool:
+    """Whether the channel publishes a figure per location (or per channel-side location)."""
+    return bool(ch.location_map) or ch.per_location or ch.basis != "available"

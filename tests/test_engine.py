@@ -58,6 +58,29 @@ async def test_an_order_for_a_sku_no_location_reported_is_dead_lettered(db_url: 
         assert engine.ledger.reserved("NOWHERE", "lyon", engine.clock()) == 1
 
 
+async def test_oversold_levels_are_tracked_until_stock_comes_back(db_url: str) -> None:
+    """A level below zero is counted in `syncd_oversold_skus` (published as 0) from the batch
+    that took it there until a count or a receipt brings it back, also within one batch."""
+    async with running_engine(db_url) as engine:
+        gauge = engine.metrics.oversold
+        await engine.apply([ev(E.COUNT, qty=1, event_id="c1"),
+                            ev(E.SALE, qty=3, at=T0 + 1, event_id="s1"),
+                            ev(E.SALE, qty=1, sku="SKU-2", location="lille", at=T0 + 1)])
+        assert engine.oversold == {("SKU-1", "paris"), ("SKU-2", "lille")}
+        assert gauge._value.get() == 2
+        await engine.apply([ev(E.SALE, qty=1, at=T0 + 2)])  # still below zero
+        assert gauge._value.get() == 2
+        await engine.apply([ev(E.RECEIPT, qty=5, at=T0 + 3)])
+        assert engine.oversold == {("SKU-2", "lille")}
+        # down and back up inside one batch: never reported
+        await engine.apply([ev(E.SALE, qty=9, at=T0 + 4), ev(E.COUNT, qty=4, at=T0 + 5),
+                            ev(E.COUNT, qty=2, sku="SKU-2", location="lille", at=T0 + 5)])
+        assert engine.oversold == set() and gauge._value.get() == 0
+    async with running_engine(db_url) as engine:  # rebuilt from the levels at start
+        await engine.apply([ev(E.SALE, qty=5, at=T0 + 6)])
+        assert engine.oversold == {("SKU-1", "paris")}
+
+
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
     async with running_engine(db_url) as engine:
         seen: list[int] = []
