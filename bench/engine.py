@@ -5,9 +5,10 @@ deliveries of 100 events as a POS batch message would carry) is submitted to a r
 file-backed SQLite database (WAL, synchronous=NORMAL) with two channels to publish. Measured from
 the first submit to the last acknowledgement (the last commit), and to the end of `Engine.stop()`,
 which writes the level checkpoint and the outbox rows still owed (work that a running daemon does
-every few seconds; counting it keeps the lazy writes honest). Also measures the raw sqlite3
-group-commit ceiling (the same rows inserted with executemany, one transaction per 2,000) for
-comparison.
+every few seconds; counting it keeps the lazy writes honest). The garbage collector is set as
+`syncd run` sets it (`syncd.gctune`: thresholds raised, the state at start frozen). Also
+measures the raw sqlite3 group-commit ceiling (the same rows inserted with executemany, one
+transaction per 2,000) for comparison.
 
     python bench/engine.py [--events 200000] [--runs 5] [--write]
 
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import machine, record
 from connectors.base import Inbound
+from syncd import gctune
 from syncd.engine import Engine
 from syncd.ledger import LedgerConfig
 from syncd.metrics import Metrics
@@ -79,7 +81,9 @@ async def run_engine(batches: list[list[Event]], state: Path) -> tuple[float, fl
     db = open_engine(sqlite_url(state))
     await upgrade(db)
     engine = Engine(db, config(), Metrics(CollectorRegistry()), max_batch=2000)
+    gctune.tune()  # what `syncd run` does around the engine's start
     await engine.start()
+    gctune.freeze_loaded_state()
     done = asyncio.Event()
     remaining = [len(batches)]
 

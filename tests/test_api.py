@@ -3,6 +3,7 @@ error code, with JSON errors and never a traceback."""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from syncd.app import Daemon
 from syncd.config import parse_config
+from syncd.gctune import GEN0_THRESHOLD
+from syncd.model import Event, EventType
 from syncd.sdnotify import Notifier
 from tests.servers import free_port
 
@@ -202,3 +205,26 @@ async def test_metrics_are_exposed_with_bounded_labels(api: Api) -> None:
     assert 'syncd_events_total{connector="backoffice",outcome="applied",type="count"} 1.0' in text
     assert "syncd_batch_apply_seconds_bucket" in text
     assert "SKU-SECRET-123" not in text
+
+
+async def test_the_run_process_tunes_the_collector_around_the_loaded_state(
+    tmp_path: Path,
+) -> None:
+    """`syncd run` (tune_gc) raises the young-generation threshold before the engine loads its
+    state and freezes that state afterwards; the daemon works as before."""
+    before = gc.get_threshold()
+    port = free_port()
+    cfg = parse_config(config_text(tmp_path, port), environ={"SYNCD_API_TOKEN": TOKEN})
+    daemon = Daemon(cfg, registry=CollectorRegistry(), notifier=Notifier(None), tune_gc=True)
+    gc.unfreeze()
+    try:
+        await daemon.start()
+        assert gc.get_threshold()[0] == GEN0_THRESHOLD
+        assert gc.get_freeze_count() > 0
+        engine = daemon.require_engine()
+        await engine.apply([Event("backoffice", "c1", EventType.COUNT, "A", 5, 1, "paris")])
+        assert engine.ledger.levels[("A", "paris")].on_hand == 5
+    finally:
+        await daemon.shutdown()
+        gc.unfreeze()
+        gc.set_threshold(*before)
