@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Mapping
@@ -11,7 +12,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-__all__ = ["HttpSession", "is_loopback", "retry_after", "serve_app", "service_url"]
+from connectors.base import ConnectorContext
+from syncd.model import Channel, Reservation
+
+__all__ = [
+    "HttpConnector", "HttpSession", "is_loopback", "retry_after", "serve_app", "service_url",
+]
 
 
 class HttpSession:
@@ -37,6 +43,42 @@ class HttpSession:
         if self._own is not None:
             await self._own.close()
             self._own = None
+
+
+class HttpConnector:
+    """The lifecycle every HTTP connector shares: its session (`HttpSession`), the `_closed`
+    event its long waits watch, `start` and `close`, no interest in reservations by default,
+    and the one channel it serves. A connector extends `start`/`close` (calling these first)
+    and says when it is `connected`."""
+
+    per_location = False
+    basis = "available"
+
+    def __init__(self, name: str, context: ConnectorContext) -> None:
+        self.name = name
+        self.context = context
+        self._session = HttpSession(context)
+        self._closed = asyncio.Event()
+        self._started = False
+
+    async def start(self) -> None:
+        self._session.open()
+        self._closed.clear()
+        self._started = True
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._started = False
+        await self._session.close()
+
+    def on_reservation(self, r: Reservation) -> None:
+        return None
+
+    def _channel(self) -> Channel | None:
+        """The channel this connector serves (the first, for a connector that serves one)."""
+        for ch in self.context.channels.values():
+            return ch
+        return None
 
 
 def is_loopback(host: str) -> bool:

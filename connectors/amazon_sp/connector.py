@@ -56,7 +56,7 @@ from urllib.parse import quote
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors._http import HttpSession, service_url
+from connectors._http import HttpConnector, service_url
 from connectors.base import (
     ConnectorContext,
     Inbound,
@@ -68,7 +68,6 @@ from connectors.base import (
     WebhookReply,
 )
 from syncd.config import Duration, PositiveDuration, Secret
-from syncd.model import Channel, Reservation
 
 from . import orders as om
 from .auth import LwaAuth
@@ -149,23 +148,17 @@ def _quantity(doc: Any) -> int | None:
     return None
 
 
-class AmazonSpConnector:
+class AmazonSpConnector(HttpConnector):
     config_model: ClassVar[type[BaseModel]] = AmazonSpConfig
     max_batch = MAX_MESSAGES  # one JSON_LISTINGS_FEED; `push` decides PATCH vs feed
-    per_location = False
-    basis = "available"
 
     def __init__(self, name: str, config: AmazonSpConfig, context: ConnectorContext) -> None:
-        self.name = name
+        super().__init__(name, context)
         self.config = config
-        self.context = context
-        self._session = HttpSession(context)
         self.auth = LwaAuth(self._session, config.token_url, config.client_id,
                             config.client_secret, config.refresh_token, config.timeout)
         self.client = SpApiClient(self._session, config.endpoint, self.auth, config.timeout)
         self.feeds = FeedClient(self.client, config.marketplace_ids, config.feed_min_interval)
-        self._closed = asyncio.Event()
-        self._started = False
         self._mark: datetime | None = None
         self._seen = om.Seen()
         self._extra = {"connector": name}
@@ -179,18 +172,11 @@ class AmazonSpConnector:
     async def start(self) -> None:
         """Check the credentials with a first token exchange (a failure is logged, not raised:
         `connected` stays false and the next call tries again)."""
-        self._session.open()
-        self._closed.clear()
-        self._started = True
+        await super().start()
         try:
             await self.auth.token()
         except (TransientPushError, PermanentPushError) as exc:
             log.error("cannot get an LWA access token: %s", exc.reason, extra=self._extra)
-
-    async def close(self) -> None:
-        self._closed.set()
-        self._started = False
-        await self._session.close()
 
     @property
     def connected(self) -> bool:
@@ -204,19 +190,11 @@ class AmazonSpConnector:
     def throttled_calls(self) -> int:
         return self.client.throttled_calls
 
-    def on_reservation(self, r: Reservation) -> None:
-        return None
-
     async def webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
         return WebhookReply(
             404, error="not_found",
             detail="Amazon SP-API notifications go to SQS or EventBridge, not to webhooks; "
                    "orders are polled with searchOrders")
-
-    def _channel(self) -> Channel | None:
-        for ch in self.context.channels.values():
-            return ch
-        return None
 
     # -- push -----------------------------------------------------------------------------------
 

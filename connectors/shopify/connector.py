@@ -45,7 +45,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from connectors._http import HttpSession, service_url
+from connectors._http import HttpConnector, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -58,7 +58,7 @@ from connectors.base import (
     WebhookReply,
 )
 from syncd.config import PositiveDuration, Secret
-from syncd.model import Channel, Event, Reservation
+from syncd.model import Event
 
 from . import mapping
 from .client import GraphQLClient
@@ -189,24 +189,18 @@ def _quantity_index(path: Any) -> int | None:
     return None
 
 
-class ShopifyConnector:
+class ShopifyConnector(HttpConnector):
     config_model: ClassVar[type[BaseModel]] = ShopifyConfig
     max_batch = 250  # Shopify: "input arguments that accept an array have a maximum size of 250"
-    per_location = False
-    basis = "available"
 
     def __init__(self, name: str, config: ShopifyConfig, context: ConnectorContext) -> None:
-        self.name = name
+        super().__init__(name, context)
         self.config = config
-        self.context = context
-        self._session = HttpSession(context)
         self.client = GraphQLClient(self._session, config.endpoint, config.access_token,
                                     config.timeout)
         self._secret = config.webhook_secret.get_secret_value().encode()
         self._items: dict[str, str] = {}  # sku -> inventory item gid
         self._skus: dict[str, str] = {}  # inventory item gid -> sku
-        self._closed = asyncio.Event()
-        self._started = False
         self.quantities_pushed = 0
         self.mutations = 0
 
@@ -214,14 +208,7 @@ class ShopifyConnector:
 
     async def start(self) -> None:
         """Nothing to connect: the SKU cache fills lazily on the first pushes."""
-        self._session.open()
-        self._closed.clear()
-        self._started = True
-
-    async def close(self) -> None:
-        self._closed.set()
-        self._started = False
-        await self._session.close()
+        await super().start()
 
     @property
     def connected(self) -> bool:
@@ -243,9 +230,6 @@ class ShopifyConnector:
         nothing: tuple[Inbound, ...] = ()
         for inbound in nothing:
             yield inbound
-
-    def on_reservation(self, r: Reservation) -> None:
-        return None
 
     # -- SKUs and levels ------------------------------------------------------------------------
 
@@ -528,11 +512,6 @@ class ShopifyConnector:
         return out
 
     # -- webhooks -------------------------------------------------------------------------------
-
-    def _channel(self) -> Channel | None:
-        for ch in self.context.channels.values():
-            return ch
-        return None
 
     def _other_shop(self, domain: str) -> bool:
         """A delivery signed with our secret but for another shop the same app is installed on."""

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors._http import HttpSession, service_url
+from connectors._http import HttpConnector, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -61,7 +61,7 @@ from connectors.base import (
     WebhookReply,
 )
 from syncd.config import PositiveDuration, Secret
-from syncd.model import Event, Reservation
+from syncd.model import Event
 
 from . import mapping
 from .client import PAGE_LIMIT, SquareClient, SquareError
@@ -147,20 +147,16 @@ class PollResult:
     error: str = ""
 
 
-class SquareConnector:
+class SquareConnector(HttpConnector):
     config_model: ClassVar[type[BaseModel]] = SquareConfig
     max_batch = 1  # it serves no channel
-    per_location = False
-    basis = "available"
 
     def __init__(self, name: str, config: SquareConfig, context: ConnectorContext, *,
                  autopoll: bool = True) -> None:
-        self.name = name
+        super().__init__(name, context)
         self.config = config
-        self.context = context
         self.autopoll = autopoll  # tests drive `poll_once()` themselves
         self.page_limit = PAGE_LIMIT
-        self._session = HttpSession(context)
         self.client = SquareClient(self._session, config.base_url, config.access_token,
                                    config.square_version, config.timeout)
         self._key = config.webhook_signature_key.get_secret_value().encode()
@@ -171,9 +167,7 @@ class SquareConnector:
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=_QUEUE_PAGES)
         self._handover: collections.deque[Inbound] = collections.deque()
         self._poll_lock = asyncio.Lock()
-        self._closed = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
-        self._started = False
         self._ok = False
         self._hwm: int | None = None  # newest calculated_at committed from polls, µs
         self._recent: dict[str, int] = {}  # poll event id -> calculated_at, overlap window
@@ -184,9 +178,7 @@ class SquareConnector:
 
     async def start(self) -> None:
         """Start the poll loop. Readiness (`connected`) follows the first successful poll."""
-        self._session.open()
-        self._closed.clear()
-        self._started = True
+        await super().start()
         for square_id, loc in self.config.locations.items():
             known = self.context.locations.get(loc)
             if known is None:
@@ -201,20 +193,16 @@ class SquareConnector:
 
     async def close(self) -> None:
         self._closed.set()
-        self._started = False
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        await self._session.close()
+        await super().close()
 
     @property
     def connected(self) -> bool:
         return self._started and self._ok
-
-    def on_reservation(self, r: Reservation) -> None:
-        return None
 
     async def push(self, channel: str, items: Sequence[PushItem]) -> Sequence[PushResult]:
         raise PermanentPushError("square is a stock source here; it serves no channel")

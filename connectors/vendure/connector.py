@@ -108,7 +108,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors._http import HttpSession, service_url
+from connectors._http import HttpConnector, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -121,7 +121,7 @@ from connectors.base import (
     WebhookReply,
 )
 from syncd.config import Duration, PositiveDuration, Secret
-from syncd.model import Channel, Event, Reservation
+from syncd.model import Channel, Event
 
 from . import mapping
 from .client import AdminClient, VendureError
@@ -233,7 +233,7 @@ def _chunks(values: Sequence[str], size: int) -> Iterable[list[str]]:
         yield list(values[i : i + size])
 
 
-class VendureConnector:
+class VendureConnector(HttpConnector):
     config_model: ClassVar[type[BaseModel]] = VendureConfig
     per_location = True
     basis = "on_hand_less_foreign"
@@ -241,12 +241,10 @@ class VendureConnector:
     def __init__(
         self, name: str, config: VendureConfig, context: ConnectorContext, *, page_size: int = PAGE
     ) -> None:
-        self.name = name
+        super().__init__(name, context)
         self.page_size = page_size  # orders and variants per list page
         self.config = config
-        self.context = context
         self.max_batch = config.batch_size
-        self._session = HttpSession(context)
         self.client = AdminClient(
             self._session,
             config.admin_api_url,
@@ -262,8 +260,6 @@ class VendureConnector:
         self._stock_locations: dict[str, str] | None = None  # Vendure id -> name
         self._locations_at = 0.0
         self._targets = self._location_targets()  # (channel, remote key) -> Vendure id
-        self._closed = asyncio.Event()
-        self._started = False
         # order polling
         self._hwm: int | None = None  # µs, newest updatedAt / orderPlacedAt committed
         self._delivered: dict[str, tuple[int, str]] = {}  # order id -> (mark, fingerprint)
@@ -282,11 +278,9 @@ class VendureConnector:
     async def start(self) -> None:
         """Log in and check the stock locations (failures are logged and retried by the next
         push or poll); orders are polled by `events()`."""
-        self._session.open()
+        await super().start()
         if self._hwm is None:
             self._hwm = time.time_ns() // 1000 - int(self.config.order_lookback * 1e6)
-        self._closed.clear()
-        self._started = True
         try:
             await self._locations(refresh=True)
         except (TransientPushError, PermanentPushError, VendureError) as exc:
@@ -296,11 +290,6 @@ class VendureConnector:
                 extra={"connector": self.name},
             )
 
-    async def close(self) -> None:
-        self._closed.set()
-        self._started = False
-        await self._session.close()
-
     @property
     def connected(self) -> bool:
         return self._started and self.client.ok and self.poll_ok
@@ -309,18 +298,10 @@ class VendureConnector:
     def calls(self) -> int:
         return self.client.calls
 
-    def on_reservation(self, r: Reservation) -> None:
-        return None
-
     async def webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
         return WebhookReply(
             404, error="not_found", detail="Vendure sends no webhooks; its orders are polled"
         )
-
-    def _channel(self) -> Channel | None:
-        for ch in self.context.channels.values():
-            return ch
-        return None
 
     # -- stock locations ------------------------------------------------------------------------
 

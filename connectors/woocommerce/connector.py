@@ -104,7 +104,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from connectors._http import HttpSession, service_url
+from connectors._http import HttpConnector, service_url
 from connectors.base import (
     ConnectorContext,
     DeadLetter,
@@ -117,7 +117,7 @@ from connectors.base import (
     WebhookReply,
 )
 from syncd.config import Duration, PositiveDuration, Secret
-from syncd.model import Channel, Event, EventType, Reservation
+from syncd.model import Channel, Event, EventType
 
 from . import mapping
 from .client import RestClient, WooError, next_params
@@ -241,19 +241,15 @@ def _search_chunks(skus: Iterable[str]) -> list[list[str]]:
     return chunks
 
 
-class WooCommerceConnector:
+class WooCommerceConnector(HttpConnector):
     config_model: ClassVar[type[BaseModel]] = WooCommerceConfig
     max_batch = MAX_BATCH
-    per_location = False
-    basis = "available"
 
     def __init__(self, name: str, config: WooCommerceConfig, context: ConnectorContext,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.name = name
+        super().__init__(name, context)
         self.config = config
-        self.context = context
         self.clock = clock
-        self._session = HttpSession(context)
         self.client = RestClient(self._session, config.api_root, config.consumer_key,
                                  config.consumer_secret, config.timeout)
         self._secret = config.webhook_secret.get_secret_value().encode()
@@ -262,8 +258,6 @@ class WooCommerceConnector:
         self._held: dict[str, _Hold] = {}
         self._asked: dict[str, int] = {}  # sku -> newest version push() was given
         self._batch_limit = MAX_BATCH
-        self._closed = asyncio.Event()
-        self._started = False
         # order polling
         self._hwm: int | None = None  # µs, newest date_modified_gmt committed
         # order id -> (date_modified_gmt, fingerprint of its events) delivered and committed
@@ -283,16 +277,9 @@ class WooCommerceConnector:
 
     async def start(self) -> None:
         """Nothing to connect: SKUs are discovered lazily, orders polled by `events()`."""
-        self._session.open()
+        await super().start()
         if self._hwm is None:
             self._hwm = time.time_ns() // 1000 - int(self.config.order_lookback * 1e6)
-        self._closed.clear()
-        self._started = True
-
-    async def close(self) -> None:
-        self._closed.set()
-        self._started = False
-        await self._session.close()
 
     @property
     def connected(self) -> bool:
@@ -301,14 +288,6 @@ class WooCommerceConnector:
     @property
     def calls(self) -> int:
         return self.client.calls
-
-    def on_reservation(self, r: Reservation) -> None:
-        return None
-
-    def _channel(self) -> Channel | None:
-        for ch in self.context.channels.values():
-            return ch
-        return None
 
     # -- SKUs -----------------------------------------------------------------------------------
 
