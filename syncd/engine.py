@@ -583,6 +583,7 @@ class Engine:
 
     def _publish_gauges(self) -> None:
         self.metrics.oversold.set(len(self.oversold))
+        self.metrics.levels_lagging.set(self.checkpoint.lagging)
         for state in ("held", "collected", "released", "expired"):
             self.metrics.holds.labels(state).set(self.hold_states.get(state, 0))
         for ch in self.ledger.config.channels:

@@ -68,3 +68,8 @@ class Metrics:
         self.queue_depth = Gauge(
             "syncd_ingest_queue", "Deliveries waiting in the ingest queue", registry=r
         )
+        self.levels_lagging = Gauge(
+            "syncd_levels_lagging",
+            "Level rows behind the ledger (a start after a crash re-applies their events)",
+            registry=r,
+        )

@@ -133,6 +133,7 @@ async def test_level_rows_lag_until_the_checkpoint_and_the_start_re_applies_the_
         await engine.apply([ev(E.SALE, qty=2, at=T0 + SEC, event_id="s1"),
                             ev(E.SALE, sku="SKU-2", qty=1, at=T0 + SEC, event_id="s2")])
         assert await _raw_rows(engine) == {}  # nothing written yet: the ledger has it all
+        assert engine.metrics.levels_lagging._value.get() == 2
         await _kill(engine)
     async with running_engine(db_url, level_checkpoint_every=3600.0) as engine:
         assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 48
@@ -140,6 +141,7 @@ async def test_level_rows_lag_until_the_checkpoint_and_the_start_re_applies_the_
         await engine.apply([ev(E.SALE, qty=1, at=T0 + 2 * SEC, event_id="s3")])
     # a clean stop writes every row, as of the last event, and moves the mark past it
     async with running_engine(db_url) as engine:
+        assert engine.metrics.levels_lagging._value.get() == 0
         rows = await _raw_rows(engine)
         async with engine.db.connect() as conn:
             mark = await repo.load_replay_from(conn)
