@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .model import STOCK_TYPES, Event, EventType, to_micros
@@ -89,7 +96,8 @@ def _event_type(value: object) -> object:
     return value
 
 
-def _timestamp(value: object) -> datetime:
+def _timestamp(value: object) -> int:
+    """An ISO-8601 timestamp with a zone, as integer microseconds since the epoch."""
     if not isinstance(value, str):
         raise PydanticCustomError("timestamp", "must be an ISO-8601 string")
     try:
@@ -102,7 +110,7 @@ def _timestamp(value: object) -> datetime:
         raise PydanticCustomError("timestamp", "timestamp must carry a time zone")
     if ts < _EPOCH:
         raise PydanticCustomError("timestamp", "timestamp is before 1970")
-    return ts
+    return to_micros(ts)
 
 
 _Text255 = Annotated[str, Field(min_length=1, max_length=255), BeforeValidator(_clean_text)]
@@ -120,8 +128,12 @@ class _EventIn(BaseModel):
     type: Annotated[str, BeforeValidator(_event_type)]
     sku: _Text255
     qty: Annotated[int, Field(ge=-MAX_QTY, le=MAX_QTY)]
-    occurred_at: Annotated[datetime, BeforeValidator(_timestamp)]
+    occurred_at: Annotated[int, BeforeValidator(_timestamp)]  # µs since the epoch
     hold_id: _Text255 | None = None
+
+
+_EVENTS: Final = TypeAdapter(list[_EventIn])
+_TYPES: Final = {t.value: t for t in EventType}
 
 
 # -- error reasons -----------------------------------------------------------------------------
@@ -236,15 +248,22 @@ def parse_message(
     else:
         raise MalformedMessage('must be a JSON object: one event or {"events": [...]}')
 
+    try:  # the whole list in one call; any problem is found again item by item below
+        valid: list[_EventIn] | None = _EVENTS.validate_python(items)
+    except ValidationError:
+        valid = None
     out: list[Event] = []
     for i, item in enumerate(items):
         prefix = f"events.{i}"
-        if not isinstance(item, dict):
+        if valid is not None:
+            m = valid[i]
+        elif not isinstance(item, dict):
             raise MalformedMessage(f"{prefix}: must be a JSON object")
-        try:
-            m = _EventIn.model_validate(item)
-        except ValidationError as exc:
-            raise MalformedMessage(_reason(exc, prefix)) from None
+        else:
+            try:
+                m = _EventIn.model_validate(item)
+            except ValidationError as exc:
+                raise MalformedMessage(_reason(exc, prefix)) from None
         if m.type == "count" and m.qty < 0:
             raise MalformedMessage(f"{prefix}.qty: must be >= 0 for count")
         if m.type in _POSITIVE_TYPES and m.qty <= 0:
@@ -255,20 +274,9 @@ def parse_message(
             raise MalformedMessage(
                 f"{prefix}.hold_id: only a pickup names a hold (a handover is not a {m.type})"
             )
-        out.append(
-            Event(
-                connector=connector,
-                event_id=m.event_id,
-                type=EventType(m.type),
-                sku=m.sku,
-                qty=m.qty,
-                occurred_at=to_micros(m.occurred_at),
-                location=topic_location,
-                source=m.source,
-                seq=m.seq,
-                hold_id=m.hold_id,
-            )
-        )
+        # positional, in `Event`'s field order: the per-event path of every POS message
+        out.append(Event(connector, m.event_id, _TYPES[m.type], m.sku, m.qty, m.occurred_at,
+                         topic_location, m.source, m.seq, m.hold_id))
     return out
 
 
