@@ -5,7 +5,8 @@ The database is filled directly (levels for N SKU-locations over 10 stores and a
 the outbox rows of a pooled webshop and per-store kiosks already pushed), then, in a fresh
 process for each size:
 
-- cold start: `Engine.start()` (load levels, reservations and outbox, recompute every figure);
+- cold start: `Engine.start()` (load levels, reservations and outbox, recompute every figure),
+  with the garbage collector set as `syncd run` sets it (`syncd.gctune`);
 - full recompute: the same recompute again, on the warm engine (what a SIGHUP reload costs);
 - peak RSS of that process (`ru_maxrss`).
 
@@ -63,14 +64,17 @@ def fill(state: Path, rows: int) -> None:
 async def measure(state: Path) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
+    from syncd import gctune
     from syncd.engine import Engine
     from syncd.metrics import Metrics
 
     db = open_engine(sqlite_url(state))
     engine = Engine(db, config(), Metrics(CollectorRegistry()))
+    gctune.tune()  # as `syncd run` does around the engine's start
     t0 = time.perf_counter()
     await engine.start()
     cold = time.perf_counter() - t0
+    gctune.freeze_loaded_state()
     rows = len(engine.ledger.levels)
     t0 = time.perf_counter()
     engine._recompute_pending = True  # what a reload does
