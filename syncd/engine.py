@@ -638,6 +638,10 @@ class Engine:
                 rid = _res_id_of(ev)
                 if rid:
                     res_ids.add(rid)
+        for rid in list(res_ids):  # a collect moved its hold's level; the API names only the hold
+            r = self.ledger.reservations.get(rid)
+            if r is not None:
+                keys.add((r.sku, r.location))
         for key in keys:
             for r in list(self.ledger.open.get(key, {}).values()):
                 res_ids.add(r.res_id)

@@ -29,5 +29,8 @@ def tune() -> None:
 
 
 def freeze_loaded_state() -> None:
-    """Move every object alive now (the state loaded at start) to the permanent generation."""
+    """Move every object alive now (the state loaded at start) to the permanent generation,
+    after a full collection: garbage frozen with it (cycles left by the start) would never be
+    freed."""
+    gc.collect()
     gc.freeze()

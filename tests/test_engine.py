@@ -9,13 +9,15 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.base import DeadLetter, Inbound
+from syncd.engine import CommitFailed
 from syncd.ledger import replay
 from syncd.model import EventType, Outcome, ReservationState
-from syncd.store import open_engine
+from syncd.store import open_engine, sqlite_url
 from syncd.store import repository as repo
 from tests.core import SEC, T0, db_url, ev, retailer, running_engine
 from tests.crash_child import workload
@@ -76,9 +78,40 @@ async def test_oversold_levels_are_tracked_until_stock_comes_back(db_url: str) -
         await engine.apply([ev(E.SALE, qty=9, at=T0 + 4), ev(E.COUNT, qty=4, at=T0 + 5),
                             ev(E.COUNT, qty=2, sku="SKU-2", location="lille", at=T0 + 5)])
         assert engine.oversold == set() and gauge._value.get() == 0
+        await engine.apply([ev(E.SALE, qty=5, sku="SKU-2", location="lille", at=T0 + 6)])
     async with running_engine(db_url) as engine:  # rebuilt from the levels at start
-        await engine.apply([ev(E.SALE, qty=5, at=T0 + 6)])
-        assert engine.oversold == {("SKU-1", "paris")}
+        assert engine.oversold == {("SKU-2", "lille")}
+        assert engine.metrics.oversold._value.get() == 1
+
+
+async def test_a_failed_commit_restores_the_level_a_collect_moved(tmp_path: Path) -> None:
+    """A desk collect names only its hold (no SKU, no location). When its commit fails, the
+    level it took the unit from must be reloaded with the hold, or the retry takes it twice.
+    The fault is injected in the database itself: a trigger refuses the collected hold's row,
+    written after the batch was applied in memory."""
+    async with running_engine(sqlite_url(tmp_path)) as engine:
+        await engine.apply([ev(E.COUNT, qty=2, event_id="c1")])
+        await engine.apply([ev(E.HOLD_CREATE, qty=1, connector="api", event_id="h1",
+                               hold_id="H1", expires_at=engine.clock() + 3600 * SEC)])
+        async with engine.db.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_collect BEFORE INSERT ON reservations "
+                "WHEN NEW.state = 'collected' BEGIN SELECT RAISE(ABORT, 'injected'); END")
+        collect = ev(E.HOLD_COLLECT, sku="", qty=0, location=None, connector="api",
+                     event_id="hold:H1:collect", hold_id="H1", at=engine.clock())
+        with pytest.raises(CommitFailed):
+            await engine.apply([collect])
+        assert await engine.apply([]) == []  # the engine has reloaded what the batch touched
+        assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 2
+        assert engine.ledger.reservations["H1"].state is ReservationState.HELD
+        async with engine.db.begin() as conn:
+            await conn.exec_driver_sql("DROP TRIGGER refuse_collect")
+        (v,) = await engine.apply([collect])
+        assert v.outcome is Outcome.APPLIED
+        assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 1
+        async with engine.db.connect() as conn:
+            stored = await repo.load_levels(conn, [("SKU-1", "paris")])
+        assert stored[("SKU-1", "paris")].on_hand == 1
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:

@@ -121,7 +121,7 @@ async def test_upsert_writes_a_value_that_became_null(db_url: str) -> None:
 async def test_blocks_of_rows_keep_order_dedupe_and_last_write(db_url: str) -> None:
     """More rows than one multi-row statement holds (SQLite writes blocks of 64, then the rest
     one by one): repeats inside a block are not inserted, ids follow the input order, and an
-    upsert that names a key twice in one block keeps the later row."""
+    upsert that names a key twice in one block (rows of one NULL shape) keeps the later row."""
     db = open_engine(db_url)
     await upgrade(db)
 

@@ -193,6 +193,7 @@ class SquareConnector(HttpConnector):
 
     async def close(self) -> None:
         self._closed.set()
+        self._started = False
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -146,7 +146,9 @@ async def _write_tuples(
     rows: Sequence[tuple[Any, ...]], nullable: tuple[int, ...] = (),
 ) -> None:
     """Insert or upsert tuples in `cols` order; on SQLite the columns at `nullable` positions
-    are left out of the statement where they are NULL (`_nulls`: binding None is slow there)."""
+    are left out of the statement where they are NULL (`_nulls`: binding None is slow there).
+    The rows are written a shape of NULLs at a time, so the keys of one call must be distinct
+    (the callers write sets and dicts)."""
     if not rows:
         return
     if nullable and conn.dialect.name == "sqlite":
@@ -158,7 +160,8 @@ async def _write_tuples(
     await conn.exec_driver_sql(_compiled_in_order(conn, table, cols, keys), list(rows))
 
 
-_BLOCK = 64  # rows per multi-row VALUES statement on SQLite
+_BLOCK = 64  # rows per multi-row VALUES statement on SQLite (fewer for wide rows: see below)
+_OLD_VARIABLE_LIMIT = 999  # SQLITE_MAX_VARIABLE_NUMBER before SQLite 3.32
 _MULTI: dict[tuple[str, int], str] = {}
 
 
@@ -166,11 +169,13 @@ async def _sqlite_many(
     conn: AsyncConnection, sql: str, ncols: int, rows: Sequence[tuple[Any, ...]]
 ) -> int:
     """Execute the one-row SQLite statement `sql` for every row, in order; returns the rows
-    changed. Blocks of `_BLOCK` rows go in one multi-row VALUES statement, which sqlite3 prepares
-    once and caches: one step per block instead of one per row, a quarter cheaper per row than
-    an `executemany` of the one-row statement. The rest go one by one."""
+    changed. Blocks of up to `_BLOCK` rows (within the 999 bound parameters of any SQLite) go in
+    one multi-row VALUES statement, which sqlite3 prepares once and caches: one step per block
+    instead of one per row, a quarter cheaper per row than an `executemany` of the one-row
+    statement. The rest go one by one."""
     n = len(rows)
-    full = n - n % _BLOCK
+    block = max(1, min(_BLOCK, _OLD_VARIABLE_LIMIT // ncols))  # any SQLite binds that many
+    full = n - n % block
     changed = 0
     if full:
         multi = _MULTI.get((sql, ncols))
@@ -178,8 +183,8 @@ async def _sqlite_many(
             one = "(" + ", ".join(["?"] * ncols) + ")"
             if sql.count(one) != 1:
                 raise RuntimeError(f"cannot find the one-row VALUES {one} in {sql!r}")
-            multi = _MULTI[(sql, ncols)] = sql.replace(one, ", ".join([one] * _BLOCK))
-        blocks = [tuple(chain.from_iterable(rows[i : i + _BLOCK])) for i in range(0, full, _BLOCK)]
+            multi = _MULTI[(sql, ncols)] = sql.replace(one, ", ".join([one] * block))
+        blocks = [tuple(chain.from_iterable(rows[i : i + block])) for i in range(0, full, block)]
         changed += (await conn.exec_driver_sql(multi, blocks)).rowcount
     if full < n:
         changed += (await conn.exec_driver_sql(sql, list(rows[full:]))).rowcount
