@@ -74,6 +74,11 @@ class HttpConnector:
     def on_reservation(self, r: Reservation) -> None:
         return None
 
+    async def _idle(self, seconds: float) -> None:
+        """Wait `seconds` between polls, or less when the connector closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), seconds)
+
     def _channel(self) -> Channel | None:
         """The channel this connector serves (the first, for a connector that serves one)."""
         for ch in self.context.channels.values():

@@ -44,7 +44,6 @@ Authentication: `auth.py` (LWA, cached until 60 s before expiry, refreshed once 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -411,8 +410,7 @@ class AmazonSpConnector(HttpConnector):
                 log.warning("searchOrders failed: %s", exc.reason, extra=self._extra)
             if inbound is not None and (inbound.events or inbound.dead):
                 yield inbound
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self.config.poll_every)
+            await self._idle(self.config.poll_every)
 
     async def poll_orders_once(self) -> Inbound:
         """One searchOrders pass (all pages) since the high-water mark. The mark moves when the

@@ -381,8 +381,7 @@ class SquareConnector(HttpConnector):
             wait = self.config.poll_every
             if failures:
                 wait = min(wait, self.client.backoff(failures + 2))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), wait)
+            await self._idle(wait)
 
     async def _poll(self) -> PollResult:
         result = PollResult()

@@ -615,10 +615,6 @@ class VendureConnector(HttpConnector):
     def events(self) -> AsyncIterator[Inbound]:
         return self._poll()
 
-    async def _idle(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), seconds)
-
     async def _poll(self) -> AsyncIterator[Inbound]:
         channel = self._channel()
         if channel is None:
