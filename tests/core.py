@@ -1,4 +1,5 @@
-"""Builders for core tests: a small retailer, an engine on a real database, a fake channel.
+"""Builders for core tests: a small retailer, an engine on a real database, a fake channel,
+and the daemon's webhook route in front of a connector (the webshop connectors' tests).
 
 `FakeChannel` is a connector (the outside seam syncd pushes through) that records what it was
 asked to set and can be told to fail; it is not a mock of any syncd internal.
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from connectors._http import serve_app
 from connectors.base import (
+    Connector,
     Inbound,
     PushItem,
     PushResult,
@@ -27,9 +31,9 @@ from connectors.base import (
     WebhookReply,
 )
 from syncd.engine import Engine
-from syncd.ledger import LedgerConfig
+from syncd.ledger import LedgerConfig, Verdict
 from syncd.metrics import Metrics
-from syncd.model import Channel, Event, EventType, Location, Reservation, to_micros
+from syncd.model import Channel, Event, EventType, Location, Outcome, Reservation, to_micros
 from syncd.store import open_engine, sqlite_url, upgrade
 
 T0 = to_micros(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
@@ -160,3 +164,32 @@ async def running_engine(
         if engine.running:
             await engine.stop()
         await db.dispose()
+
+
+def outcomes(verdicts: list[list[Verdict]]) -> list[Outcome]:
+    """The outcomes of the last webhook delivery."""
+    return [v.outcome for v in verdicts[-1]]
+
+
+@asynccontextmanager
+async def webhook_endpoint(
+    conn: Connector, engine: Engine, verdicts: list[list[Verdict]]
+) -> AsyncIterator[str]:
+    """The daemon's `POST /webhooks/{connector}`: reply after the commit."""
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        reply = await conn.webhook(headers, body)
+        if reply.status >= 400:
+            return web.json_response({"error": reply.error, "detail": reply.detail},
+                                     status=reply.status)
+        out = await engine.apply(reply.events, reply.dead) if reply.events or reply.dead else []
+        verdicts.append(out)
+        return web.json_response({"outcomes": [v.outcome.value for v in out]},
+                                 status=reply.status)
+
+    app = web.Application()
+    app.router.add_post("/webhooks/shop", handle)
+    async with serve_app(app) as base:
+        yield f"{base}/webhooks/shop"

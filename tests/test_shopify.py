@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -41,7 +40,7 @@ from syncd.ledger import Verdict
 from syncd.model import Channel, EventType, Outcome, ReservationState
 from syncd.push import Pusher
 from syncd.store import sqlite_url
-from tests.core import T0, ev, retailer, running_engine
+from tests.core import T0, ev, outcomes, retailer, running_engine, webhook_endpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "shopify"
 TOKEN = "shpat_simulator"
@@ -504,41 +503,6 @@ async def test_drift_found_by_reconciliation_is_corrected(tmp_path: Path) -> Non
         await until(lambda: synced(engine) and sim.available("R5") == 6)
         assert sim.stale == 1
         assert engine.metrics.drift.labels("web")._value.get() == 3
-
-
-def outcomes(verdicts: list[list[Verdict]]) -> list[Outcome]:
-    """The outcomes of the last webhook delivery."""
-    return [v.outcome for v in verdicts[-1]]
-
-
-@asynccontextmanager
-async def webhook_endpoint(
-    conn: ShopifyConnector, engine: Engine, verdicts: list[list[Verdict]]
-) -> AsyncIterator[str]:
-    """The daemon's `POST /webhooks/{connector}`: reply after the commit."""
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        reply = await conn.webhook(headers, body)
-        if reply.status >= 400:
-            return web.json_response({"error": reply.error, "detail": reply.detail},
-                                     status=reply.status)
-        out = await engine.apply(reply.events, reply.dead) if reply.events or reply.dead else []
-        verdicts.append(out)
-        return web.json_response({"outcomes": [v.outcome.value for v in out]},
-                                 status=reply.status)
-
-    app = web.Application()
-    app.router.add_post("/webhooks/shop", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/shop"
-    finally:
-        await runner.cleanup()
 
 
 async def test_drift_reported_by_webhook_is_corrected(tmp_path: Path) -> None:

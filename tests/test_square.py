@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from connectors._http import serve_app
 from connectors.base import Connector, ConnectorContext, PermanentPushError, PushItem
 from connectors.square import SquareConfig, SquareConnector
 from connectors.square.connector import POLL_OVERLAP
@@ -154,19 +155,14 @@ async def syncd_with_square(tmp_path: Path, sim: SquareSim, *, autopoll: bool = 
 
         app = web.Application()
         app.router.add_post("/webhooks/pos", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        await conn.start()
-        feeder = asyncio.create_task(_feed(conn, engine))
-        try:
-            yield Harness(engine, conn, sim, f"http://127.0.0.1:{runner.addresses[0][1]}"
-                          "/webhooks/pos", http, verdicts)
-        finally:
-            await conn.close()
-            await asyncio.wait_for(feeder, 5)  # events() ends at close()
-            await runner.cleanup()
+        async with serve_app(app) as base:
+            await conn.start()
+            feeder = asyncio.create_task(_feed(conn, engine))
+            try:
+                yield Harness(engine, conn, sim, f"{base}/webhooks/pos", http, verdicts)
+            finally:
+                await conn.close()
+                await asyncio.wait_for(feeder, 5)  # events() ends at close()
 
 
 # -- configuration ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from connectors._http import serve_app
 from connectors.base import (
     Connector,
     ConnectorContext,
@@ -45,7 +46,7 @@ from syncd.ledger import Verdict
 from syncd.model import Channel, EventType, Outcome, ReservationState
 from syncd.push import Pusher
 from syncd.store import sqlite_url
-from tests.core import T0, ev, retailer, running_engine
+from tests.core import T0, ev, outcomes, retailer, running_engine, webhook_endpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "woocommerce"
 KEY = "ck_simulator"
@@ -265,14 +266,8 @@ async def redirecting(to: str) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield base
 
 
 async def test_a_failure_after_a_write_keeps_what_was_written() -> None:
@@ -498,41 +493,6 @@ async def test_503_is_retried_by_the_pusher(tmp_path: Path) -> None:
         await until(lambda: synced(engine))
         assert pusher.retries == 3
     assert (sim.stock("R1"), sim.stock("R2")) == (5, 6)
-
-
-def outcomes(verdicts: list[list[Verdict]]) -> list[Outcome]:
-    """The outcomes of the last webhook delivery."""
-    return [v.outcome for v in verdicts[-1]]
-
-
-@asynccontextmanager
-async def webhook_endpoint(
-    conn: WooCommerceConnector, engine: Engine, verdicts: list[list[Verdict]]
-) -> AsyncIterator[str]:
-    """The daemon's `POST /webhooks/{connector}`: reply after the commit."""
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        reply = await conn.webhook(headers, body)
-        if reply.status >= 400:
-            return web.json_response({"error": reply.error, "detail": reply.detail},
-                                     status=reply.status)
-        out = await engine.apply(reply.events, reply.dead) if reply.events or reply.dead else []
-        verdicts.append(out)
-        return web.json_response({"outcomes": [v.outcome.value for v in out]},
-                                 status=reply.status)
-
-    app = web.Application()
-    app.router.add_post("/webhooks/shop", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/shop"
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_concurrent_sale_is_not_erased(tmp_path: Path) -> None:
