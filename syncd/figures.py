@@ -54,13 +54,7 @@ class Figures:
         just those locations."""
         ledger = self.ledger
         if not _per_location(ch):  # the common case, without intermediate dicts
-            total = 0
-            for loc in ch.sells_from:
-                a = self._avail(sku, loc, now)
-                if a > 0:
-                    total += a
-            return {"": availability.published(total, ch.allocation, ch.safety_stock,
-                                                ch.max_quantity)}
+            return {"": self._pooled(ch, sku, now)}
         locs = [loc for loc in ch.sells_from if loc in ledger.config.locations
                 and (only is None or loc in only)]
         avails = {loc: ledger.avail(sku, loc, now) for loc in locs}
@@ -82,27 +76,30 @@ class Figures:
         return availability.avail(lvl.on_hand if lvl is not None else 0, reserved,
                                   self.safety[loc])
 
+    def _pooled(self, ch: Channel, sku: str, now: int) -> int:
+        """A pooled channel's one figure for `sku`, from all of its locations."""
+        total = 0
+        for loc in ch.sells_from:
+            a = self._avail(sku, loc, now)
+            if a > 0:
+                total += a
+        return availability.published(total, ch.allocation, ch.safety_stock, ch.max_quantity)
+
     def moved(
         self, keys: Iterable[tuple[str, str]], now: int
     ) -> Iterator[tuple[tuple[str, str, str], int]]:
         """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch.
 
-        The per-figure path of every batch: the availability of a location is computed here
-        from its level, its open reservations and its indexed safety stock (`Ledger.avail`
-        without the calls), a pooled channel's figure once per SKU from all of its locations."""
-        ledger = self.ledger
-        levels, open_res, safety = ledger.levels, ledger.open, self.safety
-        reserved, formula = ledger.reserved, availability.avail
+        The per-figure path of every batch: a per-location figure from its one location, a
+        pooled channel's figure once per SKU, other kinds for the locations that moved."""
+        avail = self._avail
         direct, combined, pooled_names = self.direct, self.combined, self.pooled
         pooled: set[tuple[str, str]] = set()  # (sku, channel) of pooled channels
         touched: dict[tuple[str, str], set[str]] = {}  # (sku, channel) -> moved locations
-        for key in keys:
-            sku, loc = key
+        for sku, loc in keys:
             simple = direct.get(loc)
             if simple:
-                lvl = levels.get(key)
-                a = formula(lvl.on_hand if lvl is not None else 0,
-                            reserved(sku, loc, now) if key in open_res else 0, safety[loc])
+                a = avail(sku, loc, now)
                 for ch_name, remote, cap in simple:
                     yield (ch_name, sku, remote), (a if a < cap else cap) if a > 0 else 0
             chans = combined.get(loc)
@@ -112,21 +109,11 @@ class Figures:
                         pooled.add((sku, ch.name))
                     else:
                         touched.setdefault((sku, ch.name), set()).add(loc)
-        channels = ledger.config.channels
+        channels = self.ledger.config.channels
         for sku, ch_name in pooled:
             channel = channels.get(ch_name)
-            if channel is None:
-                continue
-            total = 0
-            for loc in channel.sells_from:
-                key = (sku, loc)
-                lvl = levels.get(key)
-                a = formula(lvl.on_hand if lvl is not None else 0,
-                            reserved(sku, loc, now) if key in open_res else 0, safety[loc])
-                if a > 0:
-                    total += a
-            yield (ch_name, sku, ""), availability.published(
-                total, channel.allocation, channel.safety_stock, channel.max_quantity)
+            if channel is not None:
+                yield (ch_name, sku, ""), self._pooled(channel, sku, now)
         for (sku, ch_name), locs in touched.items():
             channel = channels.get(ch_name)
             if channel is None:

@@ -87,7 +87,7 @@ class Outbox:
             if row is None:
                 rows[key] = OutboxRow(desired, version, committed_at)
             else:
-                if row.pushed_version != row.version:  # still pending: this value replaces it
+                if row.pending:  # not pushed yet: this value replaces it
                     coalesced[channel] += 1
                 row.desired = desired
                 row.version = version
