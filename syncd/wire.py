@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
@@ -46,7 +46,6 @@ __all__ = [
 DEFAULT_MAX_PAYLOAD: Final = 262_144
 MAX_SEQ: Final = 2**63 - 1  # BIGINT
 MAX_QTY: Final = 1_000_000_000  # no store holds a billion units of one SKU; sums stay in BIGINT
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 # what a POS may report: the stock facts of its own locations
 POS_EVENT_TYPES: Final = frozenset(t.value for t in STOCK_TYPES)
@@ -108,9 +107,10 @@ def _timestamp(value: object) -> int:
         ) from None
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise PydanticCustomError("timestamp", "timestamp must carry a time zone")
-    if ts < _EPOCH:
+    micros = to_micros(ts)
+    if micros < 0:
         raise PydanticCustomError("timestamp", "timestamp is before 1970")
-    return to_micros(ts)
+    return micros
 
 
 _Text255 = Annotated[str, Field(min_length=1, max_length=255), BeforeValidator(_clean_text)]
