@@ -176,7 +176,7 @@ class Engine:
             await self._checkpoint_all()
         except Exception as exc:  # the next start re-applies the ledger after the checkpoint
             log.error("could not write the level checkpoint at stop: %s", _brief(exc))
-        if self.outbox.dirty:
+        if self.outbox.dirty or self.outbox.moved:
             try:
                 await self._persist_only()
             except Exception as exc:  # the outbox is recomputed at the next start anyway
@@ -410,7 +410,9 @@ class Engine:
                 conn, [repo.reservation_row(r) for r in changes.reservations.values()]
             )
             if flush:
-                await repo.upsert_outbox(conn, self._outbox_rows())
+                whole, desired = self._outbox_rows()
+                await repo.upsert_outbox(conn, whole)
+                await repo.upsert_outbox_desired(conn, desired)
             await repo.insert_dead_letters(conn, [
                 {"connector": d.connector, "origin": d.origin[:255], "reason": d.reason,
                  "payload": d.payload, "received_at": now}
@@ -422,7 +424,7 @@ class Engine:
             ])
         # committed: from here on, tell everyone
         self.checkpoint.written(checkpointed)
-        self._flushed = set()
+        self._flushed = (set(), set())
         self._after_commit(works, verdicts, changes, staged, seqs, counted, dead, now)
         elapsed = time.perf_counter() - started
         self.metrics.batch_apply.observe(elapsed)
@@ -512,18 +514,24 @@ class Engine:
             elif row.desired != qty:
                 staged.desired[key] = (qty, row.version + 1)
 
-    def _outbox_rows(self) -> list[tuple[Any, ...]]:
-        """The outbox rows changed since the last flush (desired and pushed sides).
+    def _outbox_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The outbox rows changed since the last flush: whole rows where the pushed side
+        changed (`repo.outbox_row`), the desired side of the others (`repo.outbox_desired_row`).
 
         The desired side is derived state (recomputed from the ledger at every start), so it is
         written at most every `outbox_flush_every` seconds rather than in every batch: a crash
         loses nothing. The pushed side says what each channel was last given."""
-        self._flushed = self.outbox.dirty
-        self.outbox.dirty = set()
-        rows = self.outbox.rows
-        return [repo.outbox_row(key, rows[key]) for key in self._flushed]
+        ob = self.outbox
+        whole, moved = ob.dirty, ob.moved - ob.dirty
+        self._flushed = (whole, moved)
+        ob.dirty, ob.moved = set(), set()
+        rows = ob.rows
+        # in key order: neighbouring rows share B-tree pages (SQLite: half the time per row)
+        return ([repo.outbox_row(key, rows[key]) for key in sorted(whole)],
+                [repo.outbox_desired_row(key, rows[key]) for key in sorted(moved)])
 
-    _flushed: set[OKey] = set()  # noqa: RUF012 - replaced per flush
+    # the (whole, desired-side) keys of the last flush, put back if its commit fails
+    _flushed: tuple[set[OKey], set[OKey]] = (set(), set())
 
     def _after_commit(
         self,
@@ -538,7 +546,7 @@ class Engine:
     ) -> None:
         ob = self.outbox
         channels = ob.commit_many(staged.desired, now)
-        ob.dirty.update(staged.desired)
+        ob.moved.update(staged.desired)
         for key, shown in staged.drift.items():
             ob.force_repush(key, shown, now)
             self.metrics.drift.labels(key[0]).inc()
@@ -609,17 +617,19 @@ class Engine:
         await self._persist_only()
 
     async def _persist_only(self) -> None:
-        rows = self._outbox_rows()
-        for i in range(0, len(rows), 20_000):
+        whole, desired = self._outbox_rows()
+        for i in range(0, max(len(whole), len(desired)), 20_000):
             async with self.db.begin() as conn:
-                await repo.upsert_outbox(conn, rows[i : i + 20_000])
+                await repo.upsert_outbox(conn, whole[i : i + 20_000])
+                await repo.upsert_outbox_desired(conn, desired[i : i + 20_000])
 
     # -- failure --------------------------------------------------------------------------------
 
     async def _fail(self, works: list[_Work], exc: BaseException) -> None:
         """Nothing of the batch is committed: tell the waiting sources at once (503, no PUBACK),
         then reload what the batch touched from the database (retried until it answers)."""
-        self.outbox.dirty |= self._flushed
+        self.outbox.dirty |= self._flushed[0]
+        self.outbox.moved |= self._flushed[1]
         for w in works:
             if w.future is not None and not w.future.done():
                 w.future.set_exception(CommitFailed(exc))

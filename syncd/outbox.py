@@ -7,7 +7,8 @@ while `pushed_version != version`. Coalescing is free: a row holds one desired v
 that was down for an hour gets one current value per SKU, not an hour of history.
 
 Rows whose pushed side changed are put in `dirty`; the engine writes them in its next commit, so
-SQLite keeps a single writer.
+SQLite keeps a single writer. Rows that only took a new desired value are put in `moved`: the
+engine writes only their desired side (`repository.upsert_outbox_desired`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Outbox:
         self.metrics = metrics
         self.rows: dict[OKey, OutboxRow] = rows if rows is not None else {}
         self.pending: dict[str, dict[tuple[str, str], None]] = {}
-        self.dirty: set[OKey] = set()
+        self.dirty: set[OKey] = set()  # the pushed side changed: write the whole row
+        self.moved: set[OKey] = set()  # a new desired value only: write the desired side
         self._wake: dict[str, asyncio.Event] = {}
         self._coalesced: dict[str, Any] = {}  # channel -> its labelled counter
         for key, row in self.rows.items():

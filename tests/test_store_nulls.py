@@ -154,3 +154,31 @@ async def test_blocks_of_rows_keep_order_dedupe_and_last_write(db_url: str) -> N
         assert {k[1]: r.desired for k, r in stored.items()} == {f"S{i:03d}": i for i in range(130)}
     finally:
         await db.dispose()
+
+
+async def test_a_desired_side_write_keeps_what_was_pushed(db_url: str) -> None:
+    """`upsert_outbox_desired` writes what `Outbox.commit_many` changes in memory: a new row
+    gets a fresh row's pushed side; an existing row keeps pushed / pushed_version / remote /
+    last_error and is pending again from its first attempt. More rows than one SQLite block."""
+    db = open_engine(db_url)
+    await upgrade(db)
+    key = ("shop", "A", "")
+    pushed = OutboxRow(5, 2, T0, pushed=5, pushed_version=2, remote=5, state="failed",
+                       attempts=3, last_error="HTTP 422", next_attempt_at=T0 + 9)
+    try:
+        async with db.begin() as conn:
+            await repo.upsert_outbox(conn, [repo.outbox_row(key, pushed)])
+        # in memory, as commit_many leaves them: the existing row, then 99 new ones
+        moved = OutboxRow(4, 3, T0 + 1, pushed=5, pushed_version=2, remote=5,
+                          last_error="HTTP 422")
+        fresh = {("shop", f"S{i:03d}", "loc"): OutboxRow(i, 1, T0 + 2) for i in range(99)}
+        async with db.begin() as conn:
+            await repo.upsert_outbox_desired(
+                conn, [repo.outbox_desired_row(key, moved)]
+                + [repo.outbox_desired_row(k, r) for k, r in fresh.items()])
+        async with db.connect() as conn:
+            rows = await repo.load_outbox(conn)
+        assert rows == {key: moved, **fresh}
+        assert rows[key].pending
+    finally:
+        await db.dispose()
