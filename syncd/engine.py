@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -61,6 +62,7 @@ _APPLIED = Outcome.APPLIED.value
 _OK = Outcome.APPLIED  # enum members read once (a class lookup is a descriptor call)
 _ORDER = EventType.ORDER
 _CHANNEL_LEVEL = EventType.CHANNEL_LEVEL
+_SKU = itemgetter(1)  # of an outbox key (channel, sku, location)
 
 
 def now_micros() -> int:
@@ -526,9 +528,10 @@ class Engine:
         self._flushed = (whole, moved)
         ob.dirty, ob.moved = set(), set()
         rows = ob.rows
-        # in key order: neighbouring rows share B-tree pages (SQLite: half the time per row)
-        return ([repo.outbox_row(key, rows[key]) for key in sorted(whole)],
-                [repo.outbox_desired_row(key, rows[key]) for key in sorted(moved)])
+        # by SKU, the middle of the key: neighbouring rows share B-tree pages (SQLite: half the
+        # time per row), and one string compares 2.5 times faster than the key tuple
+        return ([repo.outbox_row(key, rows[key]) for key in sorted(whole, key=_SKU)],
+                [repo.outbox_desired_row(key, rows[key]) for key in sorted(moved, key=_SKU)])
 
     # the (whole, desired-side) keys of the last flush, put back if its commit fails
     _flushed: tuple[set[OKey], set[OKey]] = (set(), set())
