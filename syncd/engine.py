@@ -174,6 +174,15 @@ class Engine:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        while not self.queue.empty():  # never taken: their sources hear now, not never
+            await self._refuse([self.queue.get_nowait()], EngineStopped("syncd is stopping"))
+            self.queue.task_done()
+        if self._uncommitted:
+            # memory holds the effects of a batch that was never committed: a checkpoint written
+            # from it would count those events again when their sources deliver them again
+            log.error("a batch was cut short by the stop: the level checkpoint is not written "
+                      "(the next start re-applies the ledger after the last one)")
+            return
         try:
             await self._checkpoint_all()
         except Exception as exc:  # the next start re-applies the ledger after the checkpoint
@@ -196,6 +205,7 @@ class Engine:
         self._poke.set()
 
     _recompute_pending = False
+    _uncommitted = False  # memory holds effects of a batch not committed (nor reloaded) yet
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -279,7 +289,8 @@ class Engine:
             try:
                 await self._process(works)
                 backoff = 0.05
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # a stop gave up waiting for this batch
+                await self._abandon(works)
                 raise
             except Exception as exc:
                 self.metrics.db_errors.inc()
@@ -326,6 +337,7 @@ class Engine:
 
     async def _process(self, works: list[_Work]) -> None:
         started = time.perf_counter()
+        self._uncommitted = True  # until the commit (or `_fail`'s reload): memory runs ahead
         now = self.clock()
         loop = asyncio.get_running_loop()
         changes = Changes()
@@ -425,6 +437,7 @@ class Engine:
                 for (c, s), q in seqs.items()
             ])
         # committed: from here on, tell everyone
+        self._uncommitted = False
         self.checkpoint.written(checkpointed)
         self._flushed = (set(), set())
         self._after_commit(works, verdicts, changes, staged, seqs, counted, dead, now)
@@ -628,16 +641,31 @@ class Engine:
 
     # -- failure --------------------------------------------------------------------------------
 
-    async def _fail(self, works: list[_Work], exc: BaseException) -> None:
-        """Nothing of the batch is committed: tell the waiting sources at once (503, no PUBACK),
-        then reload what the batch touched from the database (retried until it answers)."""
-        self.outbox.dirty |= self._flushed[0]
-        self.outbox.moved |= self._flushed[1]
+    async def _refuse(self, works: list[_Work], exc: BaseException) -> None:
+        """Tell the sources of uncommitted works at once (503, no PUBACK, file left in place)."""
         for w in works:
             if w.future is not None and not w.future.done():
                 w.future.set_exception(CommitFailed(exc))
             if w.inbound is not None and w.inbound.on_failure is not None:
                 await _call(w.inbound.on_failure, exc)
+
+    async def _abandon(self, works: list[_Work]) -> None:
+        """The engine was cancelled in the middle of a batch (a stop that gave up waiting):
+        keep the outbox rows its flush had taken, and refuse its works if it did not commit.
+        Memory is not reloaded; `stop()` then writes no level checkpoint from it."""
+        self.outbox.dirty |= self._flushed[0]
+        self.outbox.moved |= self._flushed[1]
+        self._flushed = (set(), set())
+        if self._uncommitted:
+            await self._refuse(works, EngineStopped("stopped before the batch was committed"))
+
+    async def _fail(self, works: list[_Work], exc: BaseException) -> None:
+        """Nothing of the batch is committed: tell the waiting sources at once (503, no PUBACK),
+        then reload what the batch touched from the database (retried until it answers)."""
+        self.outbox.dirty |= self._flushed[0]
+        self.outbox.moved |= self._flushed[1]
+        self._flushed = (set(), set())
+        await self._refuse(works, exc)
         keys: set[tuple[str, str]] = set()
         res_ids: set[str] = set()
         for w in works:
@@ -659,6 +687,7 @@ class Engine:
             for r in list(self.ledger.open.get(key, {}).values()):
                 res_ids.add(r.res_id)
         await self._restore(keys, res_ids)
+        self._uncommitted = False
 
     async def _restore(self, keys: set[tuple[str, str]], res_ids: set[str]) -> None:
         delay = 0.1

@@ -7,6 +7,7 @@ import asyncio
 import random
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from syncd.store import open_engine, sqlite_url
 from syncd.store import repository as repo
 from tests.core import SEC, T0, db_url, ev, retailer, running_engine
 from tests.crash_child import workload
+from tests.servers import PostgresServer
 
 __all__ = ["db_url"]
 
@@ -112,6 +114,43 @@ async def test_a_failed_commit_restores_the_level_a_collect_moved(tmp_path: Path
         async with engine.db.connect() as conn:
             stored = await repo.load_levels(conn, [("SKU-1", "paris")])
         assert stored[("SKU-1", "paris")].on_hand == 1
+
+
+async def test_a_stop_that_cuts_a_batch_short_writes_none_of_its_effects(
+    postgres: PostgresServer,
+) -> None:
+    """A stop waits `within` seconds, then cancels a batch stuck in its transaction (here: another
+    transaction holds the lock on the till's sources row). Memory then holds the effects of events
+    never committed. The level checkpoint must not be written from it (the redelivered sale would
+    count twice), the caller must hear a refusal rather than wait forever, and neither must a
+    delivery still queued behind it."""
+    url = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    other = open_engine(url)
+    async with running_engine(url) as engine:
+        await engine.apply([ev(E.COUNT, qty=5, event_id="c1", source="till", seq=1)])
+        async with other.connect() as lock:
+            await lock.exec_driver_sql("BEGIN")
+            await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
+            sale = ev(E.SALE, qty=2, at=T0 + 1, event_id="s1", source="till", seq=2)
+            stuck = asyncio.ensure_future(engine.apply([sale]))
+            for _ in range(200):  # applied in memory, waiting on the lock before its commit
+                if engine.ledger.levels[("SKU-1", "paris")].on_hand == 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 3
+            queued = asyncio.ensure_future(engine.apply([ev(E.SALE, event_id="s2", at=T0 + 2)]))
+            await asyncio.sleep(0.05)
+            await engine.stop(within=0.2)
+            for refused in (stuck, queued):
+                with pytest.raises(CommitFailed):
+                    await asyncio.wait_for(refused, 5)
+            await lock.exec_driver_sql("ROLLBACK")
+    await other.dispose()
+    async with running_engine(url) as again:
+        assert again.ledger.levels[("SKU-1", "paris")].on_hand == 5
+        (v,) = await again.apply([sale])  # the till delivers it again
+        assert v.outcome is Outcome.APPLIED
+        assert again.ledger.levels[("SKU-1", "paris")].on_hand == 3
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
