@@ -245,20 +245,22 @@ def main() -> None:
         "| measure | median of runs | runs |",
         "|---|---|---|",
         row("trading day on loaded stock, batches of 100 events, to the last acknowledgement",
-            "day", bold=True),
-        row("the same, until `stop()` has written the checkpoint and outbox", "day_stop"),
+            "day"),
+        row("the same, until `stop()` has written the checkpoint and outbox", "day_stop",
+            bold=True),
         row("cold traffic (earlier sessions' measure), to the last acknowledgement", "cold"),
         row("the same, until `stop()`", "cold_stop"),
         row("raw sqlite3 group commit (ceiling)", "raw"),
-        f"| trading day (to the last acknowledgement) / ceiling | {med['day'] / med['raw']:.0%} "
-        "| |",
+        f"| trading day (until `stop()`) / ceiling | {med['day_stop'] / med['raw']:.0%} | |",
         "",
         f"A start after a kill that left no level row written re-applied the {replayed:,} "
         f"events of a cold run in {restart_s:.2f} s (the whole start: rows, ledger after the "
         "mark, every figure recomputed); a daemon killed in steady state has at most a "
         "generation and a half (~15–25 s of traffic) to re-apply.",
         "",
-        "Target: ≥ 50,000 events/s.",
+        "Target: ≥ 50,000 events/s. The figure until `stop()` is the whole cost: the level "
+        "checkpoint's 10 s clock starts with the engine, so a short run leaves its level rows to "
+        "`stop()` and a longer one writes a generation before its last acknowledgement.",
     ]
     print("\n".join(lines))
     if args.write:

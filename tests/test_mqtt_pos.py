@@ -594,10 +594,14 @@ async def test_hold_notifications_reach_the_store(mosquitto: MosquittoServer, ur
             await engine.apply([hold_create("H3")])
             await asyncio.to_thread(mosquitto.restart)
             await until(lambda: w.conn.stats.holds_published == 3, "queued notice sent")
-    # the staff client's persistent session kept it while it was away
+    # the staff client's persistent session kept it while it was away. QoS 1 is at least once:
+    # a notice whose PUBACK the broker had not processed when it was stopped comes again first
     async with mqtt_client(mosquitto.url, "staff-paris", persistent=True) as sub:
-        body = json.loads(_payload(await next_message(sub)))
-        assert (body["hold_id"], body["state"]) == ("H3", "held")
+        again: list[tuple[str, str]] = []
+        while (body := json.loads(_payload(await next_message(sub))))["hold_id"] != "H3":
+            again.append((body["hold_id"], body["state"]))
+        assert body["state"] == "held"
+        assert set(again) <= {("H1", "held"), ("H1", "released")}
 
 
 # -- 8. parse_message properties --------------------------------------------------------------

@@ -164,7 +164,7 @@ async def _write_tuples(
 
 _BLOCK = 64  # rows per multi-row VALUES statement on SQLite (fewer for wide rows: see below)
 _OLD_VARIABLE_LIMIT = 999  # SQLITE_MAX_VARIABLE_NUMBER before SQLite 3.32
-_MULTI: dict[tuple[str, int], str] = {}
+_MULTI: dict[tuple[str, str], str] = {}
 
 
 async def _sqlite_many(
@@ -182,13 +182,13 @@ async def _sqlite_many(
     full = n - n % block
     changed = 0
     if full:
-        multi = _MULTI.get((sql, ncols))
+        if one is None:
+            one = "(" + ", ".join(["?"] * ncols) + ")"
+        multi = _MULTI.get((sql, one))
         if multi is None:
-            if one is None:
-                one = "(" + ", ".join(["?"] * ncols) + ")"
-            if sql.count(one) != 1:
+            if sql.count(one) != 1 or one.count("?") != ncols:
                 raise RuntimeError(f"cannot find the one-row VALUES {one} in {sql!r}")
-            multi = _MULTI[(sql, ncols)] = sql.replace(one, ", ".join([one] * block))
+            multi = _MULTI[(sql, one)] = sql.replace(one, ", ".join([one] * block))
         blocks = [tuple(chain.from_iterable(rows[i : i + block])) for i in range(0, full, block)]
         changed += (await conn.exec_driver_sql(multi, blocks)).rowcount
     if full < n:
