@@ -179,14 +179,15 @@ class Engine:
             self.queue.task_done()
         if self._uncommitted:
             # memory holds the effects of a batch that was never committed: a checkpoint written
-            # from it would count those events again when their sources deliver them again
+            # from it would count those events again when their sources deliver them again (the
+            # outbox in memory changes only after a commit, so it is still written below)
             log.error("a batch was cut short by the stop: the level checkpoint is not written "
                       "(the next start re-applies the ledger after the last one)")
-            return
-        try:
-            await self._checkpoint_all()
-        except Exception as exc:  # the next start re-applies the ledger after the checkpoint
-            log.error("could not write the level checkpoint at stop: %s", _brief(exc))
+        else:
+            try:
+                await self._checkpoint_all()
+            except Exception as exc:  # the next start re-applies the ledger after the checkpoint
+                log.error("could not write the level checkpoint at stop: %s", _brief(exc))
         if self.outbox.dirty or self.outbox.moved:
             try:
                 await self._persist_only()
