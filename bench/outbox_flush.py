@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine
+from bench.engine import T0
 from syncd.store import open_engine, sqlite_url, upgrade
 from syncd.store import repository as repo
 from syncd.store.repository import OutboxRow
 
-T0 = 1_795_428_000_000_000
 Key = tuple[str, str, str]
 
 

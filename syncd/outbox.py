@@ -71,8 +71,9 @@ class Outbox:
     # -- engine side (after commit) -------------------------------------------------------------
 
     def commit_many(self, staged: dict[OKey, tuple[int, int]], committed_at: int) -> set[str]:
-        """Take the desired values a commit made durable (`key -> (desired, version)`); returns
-        the channels that have new work. The per-figure path of every batch, kept lean."""
+        """Take the desired values a commit made durable (`key -> (desired, version)`; their
+        keys go in `moved`); returns the channels that have new work. The per-figure path of
+        every batch, kept lean."""
         rows = self.rows
         pending = self.pending
         channels: set[str] = set()
@@ -98,12 +99,25 @@ class Outbox:
                 row.next_attempt_at = 0
                 row.state = "pending"
             ch_pending[(sku, loc)] = None
+        self.moved.update(staged)
         for channel, n in coalesced.items():
             child = self._coalesced.get(channel)
             if child is None:
                 child = self._coalesced[channel] = self.metrics.coalesced.labels(channel)
             child.inc(n)
         return channels
+
+    def take_unwritten(self) -> tuple[set[OKey], set[OKey]]:
+        """The keys to write now: whole rows (`dirty`), and the desired side of the others
+        (`moved`). Both sets start empty again; a write that fails gives them to `put_back`."""
+        whole, moved = self.dirty, self.moved - self.dirty
+        self.dirty, self.moved = set(), set()
+        return whole, moved
+
+    def put_back(self, whole: set[OKey], moved: set[OKey]) -> None:
+        """Keys from `take_unwritten` whose write was not committed: written next time."""
+        self.dirty |= whole
+        self.moved |= moved
 
     def force_repush(self, key: OKey, remote: int, committed_at: int) -> None:
         """Drift: the channel shows `remote`; push the desired value again (rule 5)."""
