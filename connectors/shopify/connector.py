@@ -206,9 +206,7 @@ class ShopifyConnector(HttpConnector):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Nothing to connect: the SKU cache fills lazily on the first pushes."""
-        await super().start()
+    # `start` is HttpConnector's: nothing to connect, the SKU cache fills on the first pushes
 
     @property
     def connected(self) -> bool:
