@@ -38,6 +38,9 @@ from syncd.store import open_engine, sqlite_url, upgrade
 
 T0 = to_micros(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
 SEC = 1_000_000
+# an expiry that no run of the suite reaches: T0 is a fixed day, engines without a fixed clock
+# read the real one (T0 + 10**12, 11.6 days, had holds created expired from 2026-12-04 on)
+FAR = T0 + 100 * 365 * 86_400 * SEC
 _ids = itertools.count()
 
 

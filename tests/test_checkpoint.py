@@ -20,7 +20,7 @@ from syncd.ledger import replay
 from syncd.model import EventType, Level
 from syncd.store import open_engine, sqlite_url, upgrade
 from syncd.store import repository as repo
-from tests.core import SEC, T0, db_url, ev, retailer, running_engine
+from tests.core import FAR, SEC, T0, db_url, ev, retailer, running_engine
 
 __all__ = ["db_url"]
 
@@ -73,7 +73,7 @@ def traffic(draw: st.DrawFn) -> list[list[object]]:
                 h = f"H{holds}"
                 batch.append(ev(E.HOLD_CREATE, sku=sku, qty=1, location="paris", connector="api",
                                 hold_id=h, event_id=f"hold:{h}:create",
-                                expires_at=T0 + 10**12))
+                                expires_at=FAR))
                 if kind == "hold":
                     batch.append(ev(E.HOLD_COLLECT, sku=sku, qty=1, at=at, location="paris",
                                     connector="api", hold_id=h, event_id=f"hold:{h}:collect"))

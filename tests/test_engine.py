@@ -20,7 +20,7 @@ from syncd.ledger import replay
 from syncd.model import EventType, Outcome, ReservationState
 from syncd.store import open_engine, sqlite_url
 from syncd.store import repository as repo
-from tests.core import SEC, T0, db_url, ev, retailer, running_engine
+from tests.core import FAR, SEC, T0, db_url, ev, retailer, running_engine
 from tests.crash_child import workload
 from tests.servers import PostgresServer
 
@@ -185,7 +185,7 @@ async def test_concurrent_holds_never_both_take_the_last_unit(db_url: str) -> No
     async with running_engine(db_url) as engine:
         await engine.apply([ev(E.COUNT, qty=2)])  # paris safety stock 1: one unit available
         holds = [ev(E.HOLD_CREATE, qty=1, connector="api", hold_id=f"H{i}",
-                    event_id=f"hold:H{i}:create", expires_at=T0 + 10**12) for i in range(2)]
+                    event_id=f"hold:H{i}:create", expires_at=FAR) for i in range(2)]
         results = await asyncio.gather(*(engine.apply([h]) for h in holds))
         outcomes = sorted(r[0].outcome.value for r in results)
         assert outcomes == ["applied", "rejected"]
@@ -237,7 +237,7 @@ def traffic(draw: st.DrawFn) -> list[object]:
         elif kind == "hold":
             h = f"H{draw(st.integers(0, 2))}"
             out.append(ev(E.HOLD_CREATE, sku=sku, qty=1, location="paris", connector="api",
-                          hold_id=h, event_id=f"hold:{h}:create", expires_at=T0 + 10**12))
+                          hold_id=h, event_id=f"hold:{h}:create", expires_at=FAR))
         else:
             h = f"H{draw(st.integers(0, 2))}"
             out.append(ev(E.HOLD_RELEASE, sku=sku, qty=1, location="paris", connector="api",
