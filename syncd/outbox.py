@@ -33,9 +33,12 @@ def _noop() -> None:
     return None
 
 
-def idempotency_key(channel: str, sku: str, location: str, version: int) -> str:
-    """Stable across retries of the same version, different for every new version."""
-    raw = f"{channel}\x1f{sku}\x1f{location}\x1f{version}".encode()
+def idempotency_key(channel: str, sku: str, location: str, version: int, desired: int) -> str:
+    """Stable across retries of the same version, different for every new version. The
+    quantity is part of it: the desired side is flushed lazily, so after a crash a version number
+    can come back with another quantity, and a channel that remembers keys must not take the
+    new push for a retry of the old one."""
+    raw = f"{channel}\x1f{sku}\x1f{location}\x1f{version}\x1f{desired}".encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
@@ -173,7 +176,7 @@ class Outbox:
         return PushItem(
             channel=channel, sku=sku, location=loc, desired=row.desired, version=row.version,
             remote=row.remote,
-            idempotency_key=idempotency_key(channel, sku, loc, row.version),
+            idempotency_key=idempotency_key(channel, sku, loc, row.version, row.desired),
         )
 
     def refresh(self, items: list[PushItem]) -> list[PushItem]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from syncd.engine import Engine
 from syncd.model import EventType, Outcome
+from syncd.outbox import idempotency_key
 from syncd.push import Pusher
 from syncd.store import sqlite_url
 from tests.core import T0, FakeChannel, ev, running_engine
@@ -95,6 +96,16 @@ async def test_transient_failures_are_retried_with_the_same_idempotency_key(
         await engine.apply([ev(E.SALE, qty=1, location="lyon", connector="wms", at=T0 + 5)])
         await until(lambda: shop.shown.get(("SKU-1", "")) == 7)
         assert shop.calls[-1][0].idempotency_key not in keys  # a new version, a new key
+
+
+def test_a_version_that_comes_back_with_another_quantity_gets_another_key() -> None:
+    """The desired side is flushed lazily: after a crash, a recomputed figure can take a version
+    number that was already pushed with another quantity (v4 = 7 pushed, v5 = 6 not flushed,
+    restart: 6 becomes v4 again). A channel that deduplicates by key must not drop it."""
+    pushed = idempotency_key("web", "SKU-1", "", 4, 7)
+    assert idempotency_key("web", "SKU-1", "", 4, 7) == pushed  # a retry: the same key
+    assert idempotency_key("web", "SKU-1", "", 4, 6) != pushed
+    assert idempotency_key("web", "SKU-1", "", 5, 7) != pushed
 
 
 async def test_a_permanent_failure_is_recorded_and_blocks_no_other_sku(tmp_path: Path) -> None:
