@@ -78,11 +78,9 @@ async def measure(state: Path) -> dict[str, float]:
     rows = len(engine.ledger.levels)
     t0 = time.perf_counter()
     engine._recompute_pending = True  # what a reload does
-    from syncd.engine import _Staged
     from syncd.ledger import Changes
 
-    staged = _Staged()
-    engine._stage_figures(Changes(), staged, engine.clock())
+    engine._publish_figures(Changes(), engine.clock())
     recompute = time.perf_counter() - t0
     await engine.stop()
     await db.dispose()

@@ -81,14 +81,6 @@ class _Work:
     inbound: Inbound | None = None
 
 
-@dataclass(slots=True)
-class _Staged:
-    """The outbox effect of one batch, applied to memory only after its commit."""
-
-    desired: dict[OKey, tuple[int, int]] = field(default_factory=dict)  # key -> (desired, ver)
-    drift: dict[OKey, int] = field(default_factory=dict)  # key -> quantity the channel shows
-
-
 class Engine:
     def __init__(
         self,
@@ -342,7 +334,7 @@ class Engine:
         now = self.clock()
         loop = asyncio.get_running_loop()
         changes = Changes()
-        staged = _Staged()
+        drift: dict[OKey, int] = {}  # channel-level reports that differ: key -> what it shows
         verdicts: list[list[Verdict]] = []
         kept: set[tuple[str, str]] = set()  # commands applied in this batch
         dead: list[DeadLetter] = [d for w in works for d in w.dead]
@@ -393,7 +385,7 @@ class Engine:
                         claimed = ident in fresh
                         fresh.discard(ident)  # a repeat later in this batch is a duplicate
                         if typ is _CHANNEL_LEVEL:
-                            v = self._judge_drift(ev, staged)
+                            v = self._judge_drift(ev, drift)
                         elif typ is _ORDER and not self.ledger.knows(ev.sku):
                             v = self._unknown_sku(ev, dead)
                             if claimed:
@@ -415,7 +407,6 @@ class Engine:
                     out.append(v)
                 verdicts.append(out)
 
-            self._stage_figures(changes, staged, now)
             await repo.set_outcomes(conn, fixes)
             await repo.unclaim_events(conn, unclaim - kept)
             if changes.levels:
@@ -441,7 +432,7 @@ class Engine:
         self._uncommitted = False
         self.checkpoint.written(checkpointed)
         self._flushed = (set(), set())
-        self._after_commit(works, verdicts, changes, staged, seqs, counted, dead, now)
+        self._after_commit(works, verdicts, changes, drift, seqs, counted, dead, now)
         elapsed = time.perf_counter() - started
         self.metrics.batch_apply.observe(elapsed)
         self.metrics.batch_size.observe(sum(len(w.events) for w in works))
@@ -505,30 +496,30 @@ class Engine:
                                f"order {ev.order_id or ''}"))
         return Verdict(Outcome.REJECTED, reason)
 
-    def _judge_drift(self, ev: Event, staged: _Staged) -> Verdict:
+    def _judge_drift(self, ev: Event, drift: dict[OKey, int]) -> Verdict:
         channel = ev.channel or ""
         key = (channel, ev.sku, ev.remote_location or "")
         drifted = self.outbox.is_drift(key, ev.qty)
         if drifted is None:
             return Verdict(Outcome.IGNORED, "SKU not published on this channel")
         if drifted:
-            staged.drift[key] = ev.qty
+            drift[key] = ev.qty
             return Verdict(Outcome.DRIFT, f"channel shows {ev.qty}")
         return Verdict(Outcome.APPLIED)
 
-    def _stage_figures(self, changes: Changes, staged: _Staged, now: int) -> None:
-        keys = set(changes.levels)
-        keys.update((r.sku, r.location) for r in changes.reservations.values())
-        if self._recompute_pending:
-            self._recompute_pending = False
-            keys.update(self.ledger.levels)
-        rows = self.outbox.rows
-        for key, qty in self.figures.moved(keys, now):
-            row = rows.get(key)
-            if row is None:
-                staged.desired[key] = (qty, 1)
-            elif row.desired != qty:
-                staged.desired[key] = (qty, row.version + 1)
+    def _publish_figures(self, changes: Changes, now: int) -> set[str]:
+        """Recompute the figures a committed batch moved into the outbox (every figure after a
+        reconfiguration); returns the channels with new work. Done after the commit, from the
+        state it made durable (the writer task holds no other batch meanwhile), so a pusher never
+        sees an uncommitted value."""
+        keys: Iterable[tuple[str, str]] = changes.levels
+        if changes.reservations or self._recompute_pending:
+            keys = set(changes.levels)
+            keys.update((r.sku, r.location) for r in changes.reservations.values())
+            if self._recompute_pending:
+                self._recompute_pending = False
+                keys.update(self.ledger.levels)
+        return self.outbox.publish(self.figures.moved(keys, now), now)
 
     def _outbox_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """The outbox rows changed since the last flush: whole rows where the pushed side
@@ -557,15 +548,15 @@ class Engine:
         works: list[_Work],
         verdicts: list[list[Verdict]],
         changes: Changes,
-        staged: _Staged,
+        drift: dict[OKey, int],
         seqs: dict[tuple[str, str], int],
         counted: Counter[tuple[str, EventType, Outcome]],
         dead: list[DeadLetter],
         now: int,
     ) -> None:
         ob = self.outbox
-        channels = ob.commit_many(staged.desired, now)
-        for key, shown in staged.drift.items():
+        channels = self._publish_figures(changes, now)
+        for key, shown in drift.items():
             ob.force_repush(key, shown, now)
             self.metrics.drift.labels(key[0]).inc()
             channels.add(key[0])
@@ -627,11 +618,7 @@ class Engine:
     async def _recompute_all(self) -> None:
         """Recompute every channel figure from the ledger (start, reload) and persist it."""
         self._recompute_pending = True
-        changes = Changes()
-        staged = _Staged()
-        now = self.clock()
-        self._stage_figures(changes, staged, now)
-        self._after_commit([], [], changes, staged, {}, Counter(), [], now)
+        self._after_commit([], [], Changes(), {}, {}, Counter(), [], self.clock())
         await self._persist_only()
 
     async def _persist_only(self) -> None:

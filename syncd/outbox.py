@@ -73,36 +73,40 @@ class Outbox:
 
     # -- engine side (after commit) -------------------------------------------------------------
 
-    def commit_many(self, staged: dict[OKey, tuple[int, int]], committed_at: int) -> set[str]:
-        """Take the desired values a commit made durable (`key -> (desired, version)`; their
-        keys go in `moved`); returns the channels that have new work. The per-figure path of
-        every batch, kept lean."""
+    def publish(self, figures: Iterable[tuple[OKey, int]], committed_at: int) -> set[str]:
+        """Take the figures of a committed batch (`(key, quantity)`): a new key, or a key whose
+        desired value changed, gets the next version and is pending (its key goes in `moved`);
+        an unchanged one is left alone. Returns the channels that have new work. The per-figure
+        path of every batch, kept lean: one read of each row."""
         rows = self.rows
         pending = self.pending
+        moved = self.moved
         channels: set[str] = set()
         coalesced: Counter[str] = Counter()
         ch_name = ""
         ch_pending: dict[tuple[str, str], None] = {}
-        for key, (desired, version) in staged.items():
+        for key, desired in figures:
+            row = rows.get(key)
+            if row is None:
+                rows[key] = OutboxRow(desired, 1, committed_at)
+            elif row.desired == desired:
+                continue
+            else:
+                if row.pending:  # not pushed yet: this value replaces it
+                    coalesced[key[0]] += 1
+                row.desired = desired
+                row.version += 1
+                row.committed_at = committed_at
+                row.attempts = 0
+                row.next_attempt_at = 0
+                row.state = "pending"
             channel, sku, loc = key
             if channel != ch_name:
                 ch_name = channel
                 ch_pending = pending.setdefault(channel, {})
                 channels.add(channel)
-            row = rows.get(key)
-            if row is None:
-                rows[key] = OutboxRow(desired, version, committed_at)
-            else:
-                if row.pending:  # not pushed yet: this value replaces it
-                    coalesced[channel] += 1
-                row.desired = desired
-                row.version = version
-                row.committed_at = committed_at
-                row.attempts = 0
-                row.next_attempt_at = 0
-                row.state = "pending"
             ch_pending[(sku, loc)] = None
-        self.moved.update(staged)
+            moved.add(key)
         for channel, n in coalesced.items():
             child = self._coalesced.get(channel)
             if child is None:

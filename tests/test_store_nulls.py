@@ -157,7 +157,7 @@ async def test_blocks_of_rows_keep_order_dedupe_and_last_write(db_url: str) -> N
 
 
 async def test_a_desired_side_write_keeps_what_was_pushed(db_url: str) -> None:
-    """`upsert_outbox_desired` writes what `Outbox.commit_many` changes in memory: a new row
+    """`upsert_outbox_desired` writes what `Outbox.publish` changes in memory: a new row
     gets a fresh row's pushed side; an existing row keeps pushed / pushed_version / remote /
     last_error and is pending again from its first attempt. More rows than one SQLite block."""
     db = open_engine(db_url)
@@ -168,7 +168,7 @@ async def test_a_desired_side_write_keeps_what_was_pushed(db_url: str) -> None:
     try:
         async with db.begin() as conn:
             await repo.upsert_outbox(conn, [repo.outbox_row(key, pushed)])
-        # in memory, as commit_many leaves them: the existing row, then 99 new ones
+        # in memory, as publish leaves them: the existing row, then 99 new ones
         moved = OutboxRow(4, 3, T0 + 1, pushed=5, pushed_version=2, remote=5,
                           last_error="HTTP 422")
         fresh = {("shop", f"S{i:03d}", "loc"): OutboxRow(i, 1, T0 + 2) for i in range(99)}

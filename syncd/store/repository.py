@@ -546,7 +546,7 @@ async def upsert_outbox(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) 
 
 
 OUTBOX_DESIRED_COLS = ("channel", "sku", "location", "desired", "version", "committed_at")
-# a new desired value, as `Outbox.commit_many` sets it in memory: a new row gets the pushed side
+# a new desired value, as `Outbox.publish` sets it in memory: a new row gets the pushed side
 # of a fresh `OutboxRow`; an existing row keeps what it was pushed (`pushed`, `pushed_version`,
 # `remote`, `last_error`) and is pending again from its first attempt
 _DESIRED_VALUES = "({}, 0, 'pending', 0, 0)"
