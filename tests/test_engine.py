@@ -116,6 +116,49 @@ async def test_a_failed_commit_restores_the_level_a_collect_moved(tmp_path: Path
         assert stored[("SKU-1", "paris")].on_hand == 1
 
 
+async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
+    postgres: PostgresServer,
+) -> None:
+    """After `reconfigure` (SIGHUP) every figure is recomputed. When it comes while a batch is
+    committing and the batch after that one fails, the recompute must not be lost with it, or
+    figures of SKUs no later event touches keep the old configuration's value. The first batch is
+    held before its commit by another transaction's lock on the till's sources row; the second
+    fails on a trigger at its last write, after it was applied in memory."""
+    url = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    other = open_engine(url)
+    async with running_engine(url) as engine:
+        await engine.apply([ev(E.COUNT, qty=10, event_id="c1", source="till", seq=1)])
+        assert engine.outbox.rows[("web", "SKU-1", "")].desired == 7  # 10 - 1 (paris) - 2 (web)
+        async with engine.db.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'injected'; END $$")
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON sources FOR EACH ROW "
+                "WHEN (NEW.source = 'bad') EXECUTE FUNCTION refuse()")
+        async with other.connect() as lock:
+            await lock.exec_driver_sql("BEGIN")
+            await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
+            first = asyncio.ensure_future(engine.apply(
+                [ev(E.SALE, sku="SKU-4", event_id="s4", at=T0 + 1, source="till", seq=2)]))
+            for _ in range(200):  # applied in memory, waiting on the lock before its commit
+                if ("SKU-4", "paris") in engine.ledger.levels:
+                    break
+                await asyncio.sleep(0.02)
+            assert not first.done()
+            engine.reconfigure(retailer(safety_stock=5))
+            bad = asyncio.ensure_future(engine.apply(  # fails at its last write, the sources row
+                [ev(E.SALE, sku="SKU-2", event_id="s2", source="bad", seq=1)]))
+            await asyncio.sleep(0.05)
+            await lock.exec_driver_sql("ROLLBACK")
+        await first
+        with pytest.raises(CommitFailed):
+            await bad
+        await engine.apply([ev(E.COUNT, sku="SKU-3", qty=1, event_id="c3")])
+        assert engine.outbox.rows[("web", "SKU-1", "")].desired == 4  # 10 - 1 - 5
+    await other.dispose()
+
+
 async def test_a_stop_that_cuts_a_batch_short_writes_none_of_its_effects(
     postgres: PostgresServer,
 ) -> None:
