@@ -153,7 +153,10 @@ async def _write_tuples(
     (the callers write sets and dicts)."""
     if not rows:
         return
-    if nullable and conn.dialect.name == "sqlite":
+    if conn.dialect.name == "sqlite":
+        if not nullable:  # NULLs bound as they are, the rows still in blocks
+            await _sqlite_many(conn, _compiled_in_order(conn, table, cols, keys), len(cols), rows)
+            return
         updates = [c for c in cols if c not in keys]
         for shape, group in split_nulls(cols, nullable, rows, ordered=False):
             sql = _compiled_in_order(conn, table, shape.cols, keys, updates)
@@ -333,7 +336,6 @@ async def iter_events(conn: AsyncConnection) -> list[tuple[Event, int, str]]:
 
 LEVEL_COLS = ("sku", "location", "on_hand", "watermark", "floor", "reported_at", "tail",
               "version", "as_of")
-_LEVEL_NULLABLE = positions(LEVEL_COLS, ("watermark", "floor", "reported_at"))
 REPLAY_FROM = "levels_replay_from"
 # the events whose effect is on a level (re-applied by `restore_levels`)
 _LEVEL_TYPES = (*sorted(t.value for t in STOCK_TYPES), EventType.HOLD_COLLECT.value)
@@ -357,7 +359,9 @@ def level_row(sku: str, location: str, lvl: Level, as_of: int) -> tuple[Any, ...
 
 
 async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows, _LEVEL_NULLABLE)
+    # NULLs bound, not split: a level row has one or two (`floor`, and `watermark` before the
+    # first count), and splitting costs more than binding them (docs/decisions.md)
+    await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows)
 
 
 async def next_event_id(conn: AsyncConnection) -> int:
