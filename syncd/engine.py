@@ -279,6 +279,7 @@ class Engine:
         backoff = 0.05
         while True:
             works = await self._next_batch(loop)
+            taken = len(works)  # `_process` may add the sweep's work, which is not queued
             try:
                 await self._process(works)
                 backoff = 0.05
@@ -294,7 +295,7 @@ class Engine:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                for _ in works:
+                for _ in range(taken):
                     self.queue.task_done()
 
     async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Work]:
@@ -349,8 +350,8 @@ class Engine:
         if loop.time() >= self._next_sweep:
             self._next_sweep = loop.time() + self.sweep_every
             sweep = self._due_expiries(now)
-        if sweep:
-            works = [*works, _Work(sweep)]
+        if sweep:  # in the caller's list: a failed commit must reload what the sweep expired
+            works.append(_Work(sweep))
         flush = loop.time() >= self._next_flush
         if flush:
             self._next_flush = loop.time() + self.outbox_flush_every

@@ -254,6 +254,38 @@ async def test_sweeper_records_expired_holds_and_frees_the_channel(db_url: str) 
         assert stored[0].state is ReservationState.EXPIRED
 
 
+async def test_a_failed_commit_restores_the_holds_its_sweep_expired(tmp_path: Path) -> None:
+    """The sweeper's expiries ride in the batch they are due in. When that commit fails, the
+    holds must be reloaded with the rest (held, open again), so that a later sweep records the
+    expiry; otherwise memory says expired and the database held, until a restart."""
+    clock = [T0]
+    async with running_engine(sqlite_url(tmp_path), sweep_every=0.01,
+                              clock=lambda: clock[0]) as engine:
+        await engine.apply([ev(E.COUNT, qty=10)])
+        await engine.apply([ev(E.HOLD_CREATE, qty=3, connector="api", hold_id="H",
+                               event_id="hold:H:create", expires_at=T0 + 60 * SEC)])
+        async with engine.db.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_expiry BEFORE INSERT ON reservations "
+                "WHEN NEW.state = 'expired' BEGIN SELECT RAISE(ABORT, 'injected'); END")
+        clock[0] = T0 + 61 * SEC
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if engine.metrics.db_errors._value.get() >= 1:
+                break
+        assert engine.metrics.db_errors._value.get() >= 1  # the sweep's batch failed
+        async with engine.db.begin() as conn:
+            await conn.exec_driver_sql("DROP TRIGGER refuse_expiry")
+        for _ in range(300):
+            await asyncio.sleep(0.02)
+            if engine.hold_states["expired"] == 1:
+                break
+        assert engine.hold_states["expired"] == 1
+        async with engine.db.connect() as conn:
+            stored = await repo.load_reservations(conn, ids=["H"])
+        assert stored[0].state is ReservationState.EXPIRED
+
+
 @st.composite
 def traffic(draw: st.DrawFn) -> list[object]:
     n = draw(st.integers(1, 25))
