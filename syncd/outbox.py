@@ -33,12 +33,16 @@ def _noop() -> None:
     return None
 
 
-def idempotency_key(channel: str, sku: str, location: str, version: int, desired: int) -> str:
-    """Stable across retries of the same version, different for every new version. The
-    quantity is part of it: the desired side is flushed lazily, so after a crash a version number
-    can come back with another quantity, and a channel that remembers keys must not take the
-    new push for a retry of the old one."""
-    raw = f"{channel}\x1f{sku}\x1f{location}\x1f{version}\x1f{desired}".encode()
+def idempotency_key(
+    channel: str, sku: str, location: str, version: int, desired: int, committed_at: int
+) -> str:
+    """Stable across retries of the same version (also after a restart that reloads it),
+    different for every new version. The version number alone is not enough: the desired side
+    is flushed lazily, so after a crash a version number that was already pushed can come back
+    for another value (v4 = 7 and v5 = 6 pushed, neither flushed: the restart makes 6 or 7 its
+    v4 again). The quantity and the moment the value was committed tell them apart, so a channel
+    that remembers keys never takes a new push for a retry of an old one."""
+    raw = f"{channel}\x1f{sku}\x1f{location}\x1f{version}\x1f{desired}\x1f{committed_at}".encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
@@ -180,7 +184,8 @@ class Outbox:
         return PushItem(
             channel=channel, sku=sku, location=loc, desired=row.desired, version=row.version,
             remote=row.remote,
-            idempotency_key=idempotency_key(channel, sku, loc, row.version, row.desired),
+            idempotency_key=idempotency_key(channel, sku, loc, row.version, row.desired,
+                                            row.committed_at),
         )
 
     def refresh(self, items: list[PushItem]) -> list[PushItem]:

@@ -12,7 +12,8 @@ A pusher takes up to the connector's `max_batch` due items, pushes them, and rec
 A whole call that fails transiently (`TransientPushError`: 5xx, timeout, throttled) is retried by
 tenacity with exponential backoff and jitter, honouring the channel's `retry_after`. Each retry
 pushes the *latest* desired values of the same keys, with idempotency keys that change only when
-the version does.
+the version does (`outbox.idempotency_key`: a version number reused after a crash for another
+value gets another key).
 """
 
 from __future__ import annotations
