@@ -602,9 +602,14 @@ def _parse(
             for loc_name in ch.sells_from:
                 if loc_name not in location_names:
                     errors.append(f"channels.{name}.sells_from: unknown location {loc_name!r}")
-        for loc_name in ch.location_map:
+        first_of: dict[str, str] = {}  # channel-side location -> the syncd location mapped first
+        for loc_name, remote in ch.location_map.items():
             if loc_name not in ch.sells_from:
                 errors.append(f"channels.{name}.location_map.{loc_name}: not in sells_from")
+            if remote in first_of:  # two figures would overwrite each other there
+                errors.append(f"channels.{name}.location_map.{loc_name}: {remote!r} is already "
+                              f"the channel-side location of {first_of[remote]!r} (one each)")
+            first_of.setdefault(remote, loc_name)
 
     if errors or daemon is None:
         raise ConfigError(errors or ["daemon: invalid"])

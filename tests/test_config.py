@@ -451,6 +451,17 @@ def test_location_map_not_in_sells_from() -> None:
     assert errors == ["channels.web.location_map.lyon-dc: not in sells_from"]
 
 
+def test_location_map_sends_each_channel_side_location_one_figure() -> None:
+    """Two stores mapped to one channel-side location would overwrite each other's figure."""
+    errors = errors_of(
+        MINIMAL + '\n[locations.lyon-dc]\nkind = "warehouse"\nauthority = "pos"\n'
+        '\n[channels.web]\nconnector = "pos"\nsells_from = ["paris-01", "lyon-dc"]\n'
+        'location_map = { "paris-01" = "L1", "lyon-dc" = "L1" }\n'
+    )
+    assert errors == ["channels.web.location_map.lyon-dc: 'L1' is already the channel-side "
+                      "location of 'paris-01' (one each)"]
+
+
 def test_at_least_one_location() -> None:
     text = '[connectors.pos]\ntype = "mqtt_pos"\nurl = "mqtt://h"\n'
     assert errors_of(text) == ["locations: at least one location is required"]
