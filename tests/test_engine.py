@@ -119,11 +119,12 @@ async def test_a_failed_commit_restores_the_level_a_collect_moved(tmp_path: Path
 async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
     postgres: PostgresServer,
 ) -> None:
-    """After `reconfigure` (SIGHUP) every figure is recomputed. When it comes while a batch is
-    committing and the batch after that one fails, the recompute must not be lost with it, or
-    figures of SKUs no later event touches keep the old configuration's value. The first batch is
-    held before its commit by another transaction's lock on the till's sources row; the second
-    fails on a trigger at its last write, after it was applied in memory."""
+    """After `reconfigure` (SIGHUP) every figure is recomputed. A failed batch must not take the
+    recompute with it, or figures of SKUs no later event touches keep the old configuration's
+    value: neither when the reconfiguration comes while the batch before it commits, nor while the
+    failing batch itself waits. Batches are held before their commit by another transaction's
+    lock on the till's sources row, and fail on a trigger at their last write, after they were
+    applied in memory."""
     url = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
     other = open_engine(url)
     async with running_engine(url) as engine:
@@ -136,8 +137,7 @@ async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
             await conn.exec_driver_sql(
                 "CREATE TRIGGER refuse BEFORE INSERT ON sources FOR EACH ROW "
                 "WHEN (NEW.source = 'bad') EXECUTE FUNCTION refuse()")
-        async with other.connect() as lock:
-            await lock.exec_driver_sql("BEGIN")
+        async with other.connect() as lock:  # the driver opens the transaction
             await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
             first = asyncio.ensure_future(engine.apply(
                 [ev(E.SALE, sku="SKU-4", event_id="s4", at=T0 + 1, source="till", seq=2)]))
@@ -156,6 +156,28 @@ async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
             await bad
         await engine.apply([ev(E.COUNT, sku="SKU-3", qty=1, event_id="c3")])
         assert engine.outbox.rows[("web", "SKU-1", "")].desired == 4  # 10 - 1 - 5
+
+        # and one that comes while the failing batch itself waits is not lost with it
+        async with engine.db.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_seq BEFORE UPDATE ON sources FOR EACH ROW "
+                "WHEN (NEW.last_seq = 99) EXECUTE FUNCTION refuse()")
+        async with other.connect() as lock:
+            await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
+            failing = asyncio.ensure_future(engine.apply(
+                [ev(E.SALE, sku="SKU-5", event_id="s5", at=T0 + 2, source="till", seq=99)]))
+            for _ in range(200):
+                if ("SKU-5", "paris") in engine.ledger.levels:
+                    break
+                await asyncio.sleep(0.02)
+            assert not failing.done()
+            engine.reconfigure(retailer(safety_stock=3))
+            await asyncio.sleep(0.05)
+            await lock.exec_driver_sql("ROLLBACK")
+        with pytest.raises(CommitFailed):
+            await failing
+        await engine.apply([])
+        assert engine.outbox.rows[("web", "SKU-1", "")].desired == 6  # 10 - 1 - 3
     await other.dispose()
 
 
