@@ -147,10 +147,11 @@ async def _write_tuples(
     conn: AsyncConnection, table: Table, cols: tuple[str, ...], keys: Sequence[str],
     rows: Sequence[tuple[Any, ...]], nullable: tuple[int, ...] = (),
 ) -> None:
-    """Insert or upsert tuples in `cols` order; on SQLite the columns at `nullable` positions
-    are left out of the statement where they are NULL (`_nulls`: binding None is slow there).
-    The rows are written a shape of NULLs at a time, so the keys of one call must be distinct
-    (the callers write sets and dicts)."""
+    """Insert or upsert tuples in `cols` order, in blocks on SQLite (`_sqlite_many`). With
+    `nullable`, SQLite leaves the columns at those positions out of the statement where they are
+    NULL (`_nulls`: binding None costs there; worth it for rows with many NULLs) and writes the
+    rows a shape of NULLs at a time, so the keys of one call must be distinct (the callers write
+    sets and dicts)."""
     if not rows:
         return
     if conn.dialect.name == "sqlite":
