@@ -1,0 +1,118 @@
+"""State layout: what a figure's level reads cost as the ledger keeps them, against one record per
+SKU (the layout BENCHMARKS.md "Where the time goes" names as the next step; a prototype measure,
+not the engine).
+
+20,000 SKUs x 11 locations of `Level` objects, allocated in a shuffled order with other objects
+between them (as a start loading rows while the daemon builds its other state), then 200,000
+moved levels at random store keys, each read the way `Figures.moved` reads them for the bench's
+configuration: the level itself (the per-store channel), and for the three stores of the pooled
+web channel the four levels it sells from.
+
+- *flat*: `dict[(sku, location)] -> Level`, the ledger's layout now;
+- *per SKU*: `dict[sku] -> list[Level | None]` indexed by the location's position.
+
+    python bench/state_layout.py [--skus 20000] [--reads 200000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine
+from syncd.model import Level
+
+LOCS = ["dc"] + [f"store-{i:02d}" for i in range(10)]
+POOLED = ("dc", "store-00", "store-01", "store-02")  # the web channel's sells_from
+POOLED_STORES = frozenset(POOLED[1:])
+
+
+Flat = dict[tuple[str, str], Level]
+PerSku = dict[str, list[Level | None]]
+
+
+def build(skus: int) -> tuple[Flat, PerSku, list[list[int]]]:
+    """Both layouts over the same `Level` objects, and the objects allocated between them."""
+    rnd = random.Random(0)
+    index = {loc: i for i, loc in enumerate(LOCS)}
+    pairs = [(f"SKU-{s:06d}", loc) for s in range(skus) for loc in LOCS]
+    rnd.shuffle(pairs)
+    flat: Flat = {}
+    per: PerSku = {}
+    scatter: list[list[int]] = []
+    for sku, loc in pairs:
+        lvl = Level(on_hand=rnd.randint(0, 60))
+        flat[(sku, loc)] = lvl
+        per.setdefault(sku, [None] * len(LOCS))[index[loc]] = lvl
+        scatter.append([0] * rnd.randint(1, 8))
+    return flat, per, scatter
+
+
+def read_flat(flat: Flat, keys: list[tuple[str, str]]) -> int:
+    total = 0
+    for sku, loc in keys:
+        lvl = flat.get((sku, loc))
+        total += lvl.on_hand if lvl is not None else 0
+        if loc in POOLED_STORES:
+            for other in POOLED:
+                o = flat.get((sku, other))
+                total += o.on_hand if o is not None else 0
+    return total
+
+
+def read_per_sku(per: PerSku, keys: list[tuple[str, str]]) -> int:
+    index = {loc: i for i, loc in enumerate(LOCS)}
+    pooled = [index[loc] for loc in POOLED]
+    total = 0
+    for sku, loc in keys:
+        row = per.get(sku)
+        if row is None:
+            continue
+        lvl = row[index[loc]]
+        total += lvl.on_hand if lvl is not None else 0
+        if loc in POOLED_STORES:
+            for i in pooled:
+                o = row[i]
+                total += o.on_hand if o is not None else 0
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skus", type=int, default=20_000)
+    ap.add_argument("--reads", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    flat, per, _scatter = build(args.skus)
+    gc.freeze()  # as the daemon freezes its loaded state (`syncd.gctune`)
+    rnd = random.Random(1)
+    keys = [(f"SKU-{rnd.randrange(args.skus):06d}", rnd.choice(LOCS[1:]))
+            for _ in range(args.reads)]
+    times: dict[str, list[float]] = {"flat": [], "per SKU": []}
+    for _ in range(args.rounds):  # alternated
+        t0 = time.perf_counter()
+        a = read_flat(flat, keys)
+        t1 = time.perf_counter()
+        b = read_per_sku(per, keys)
+        t2 = time.perf_counter()
+        if a != b:
+            raise SystemExit(f"the layouts disagree: {a} != {b}")
+        times["flat"].append(t1 - t0)
+        times["per SKU"].append(t2 - t1)
+    print(machine())
+    for name, runs in times.items():
+        print(f"{name}: {statistics.median(runs) / args.reads * 1e6:.2f} µs per moved level "
+              f"(median of {args.rounds})")
+    ratio = statistics.median(times["flat"]) / statistics.median(times["per SKU"])
+    print(f"flat / per SKU: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
