@@ -96,16 +96,14 @@ def main() -> None:
     keys = [(f"SKU-{rnd.randrange(args.skus):06d}", rnd.choice(LOCS[1:]))
             for _ in range(args.reads)]
     times: dict[str, list[float]] = {"flat": [], "per SKU": []}
-    for _ in range(args.rounds):  # alternated
-        t0 = time.perf_counter()
-        a = read_flat(flat, keys)
-        t1 = time.perf_counter()
-        b = read_per_sku(per, keys)
-        t2 = time.perf_counter()
-        if a != b:
-            raise SystemExit(f"the layouts disagree: {a} != {b}")
-        times["flat"].append(t1 - t0)
-        times["per SKU"].append(t2 - t1)
+    for round_ in range(args.rounds):  # alternated: each layout goes first every other round
+        results: dict[str, int] = {}
+        for name in (("flat", "per SKU") if round_ % 2 == 0 else ("per SKU", "flat")):
+            t0 = time.perf_counter()
+            results[name] = read_flat(flat, keys) if name == "flat" else read_per_sku(per, keys)
+            times[name].append(time.perf_counter() - t0)
+        if results["flat"] != results["per SKU"]:
+            raise SystemExit(f"the layouts disagree: {results}")
     print(machine())
     for name, runs in times.items():
         print(f"{name}: {statistics.median(runs) / args.reads * 1e6:.2f} µs per moved level "

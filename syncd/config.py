@@ -607,8 +607,9 @@ def _parse(
             if loc_name not in ch.sells_from:
                 errors.append(f"channels.{name}.location_map.{loc_name}: not in sells_from")
             if remote in first_of:  # two figures would overwrite each other there
-                errors.append(f"channels.{name}.location_map.{loc_name}: {remote!r} is already "
-                              f"the channel-side location of {first_of[remote]!r} (one each)")
+                errors.append(f"channels.{name}.location_map.{loc_name}: {remote!r} already "
+                              f"takes the figure of {first_of[remote]!r}; a channel-side "
+                              "location takes one location's figure")
             first_of.setdefault(remote, loc_name)
 
     if errors or daemon is None:

@@ -36,12 +36,15 @@ def _noop() -> None:
 def idempotency_key(
     channel: str, sku: str, location: str, version: int, desired: int, committed_at: int
 ) -> str:
-    """Stable across retries of the same version (also after a restart that reloads it),
-    different for every new version. The version number alone is not enough: the desired side
-    is flushed lazily, so after a crash a version number that was already pushed can come back
-    for another value (v4 = 7 and v5 = 6 pushed, neither flushed: the restart makes 6 or 7 its
-    v4 again). The quantity and the moment the value was committed tell them apart, so a channel
-    that remembers keys never takes a new push for a retry of an old one."""
+    """Stable across retries of the same push (also after a restart that reloads its row),
+    different for every new version and for a drift re-push (`force_repush` stamps the row
+    anew: the channel shows another value, so the push must not pass for one already applied).
+
+    The version number alone is not enough: the desired side is flushed lazily, so after a
+    crash a version number that was already pushed can come back for another value (v4 = 7 and
+    v5 = 6 pushed, neither flushed: the restart makes 6 or 7 its v4 again). The quantity and the
+    moment the value was committed tell them apart, so a channel that remembers keys never takes
+    a new push for a retry of an old one."""
     raw = f"{channel}\x1f{sku}\x1f{location}\x1f{version}\x1f{desired}\x1f{committed_at}".encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 

@@ -458,8 +458,8 @@ def test_location_map_sends_each_channel_side_location_one_figure() -> None:
         '\n[channels.web]\nconnector = "pos"\nsells_from = ["paris-01", "lyon-dc"]\n'
         'location_map = { "paris-01" = "L1", "lyon-dc" = "L1" }\n'
     )
-    assert errors == ["channels.web.location_map.lyon-dc: 'L1' is already the channel-side "
-                      "location of 'paris-01' (one each)"]
+    assert errors == ["channels.web.location_map.lyon-dc: 'L1' already takes the figure of "
+                      "'paris-01'; a channel-side location takes one location's figure"]
 
 
 def test_at_least_one_location() -> None:

@@ -15,8 +15,11 @@ from syncd.metrics import Metrics
 from syncd.model import EventType, Outcome
 from syncd.outbox import Outbox, OutboxRow
 from syncd.push import Pusher
-from syncd.store import sqlite_url
-from tests.core import SEC, T0, FakeChannel, ev, running_engine
+from syncd.store import open_engine, sqlite_url, upgrade
+from syncd.store import repository as repo
+from tests.core import SEC, T0, FakeChannel, db_url, ev, running_engine
+
+__all__ = ["db_url"]
 
 E = EventType
 
@@ -113,6 +116,25 @@ def test_a_version_number_reused_after_a_crash_gets_another_key() -> None:
     for again in (OutboxRow(6, 4, T0 + SEC), OutboxRow(7, 4, T0 + SEC), OutboxRow(6, 4, T0)):
         item = outbox.item("web", "SKU-1", "", again)
         assert item.idempotency_key != pushed.idempotency_key, again
+
+
+async def test_a_row_reloaded_at_a_restart_is_pushed_with_the_same_key(db_url: str) -> None:
+    """A retry after a restart that reloads the row (desired side flushed) is the same push: the
+    channel must be able to recognise it, so the key comes back unchanged."""
+    key = ("web", "SKU-1", "")
+    row = OutboxRow(7, 4, T0 + 123_456)
+    outbox = Outbox(Metrics(CollectorRegistry()))
+    before = outbox.item(*key, row)
+    db = open_engine(db_url)
+    try:
+        await upgrade(db)
+        async with db.begin() as conn:
+            await repo.upsert_outbox_desired(conn, [repo.outbox_desired_row(key, row)])
+        async with db.connect() as conn:
+            loaded = await repo.load_outbox(conn)
+    finally:
+        await db.dispose()
+    assert outbox.item(*key, loaded[key]) == before
 
 
 async def test_a_permanent_failure_is_recorded_and_blocks_no_other_sku(tmp_path: Path) -> None:
