@@ -556,7 +556,13 @@ class Engine:
         now: int,
     ) -> None:
         ob = self.outbox
-        channels = self._publish_figures(changes, now)
+        try:
+            channels = self._publish_figures(changes, now)
+        except Exception:  # a bug: the batch is committed all the same, and its sources must hear
+            log.exception("the figures of a committed batch could not be computed; every figure "
+                          "is recomputed with the next batch")
+            self._recompute_pending = True
+            channels = set(ob.pending)  # what `publish` may have moved before it failed
         for key, shown in drift.items():
             ob.force_repush(key, shown, now)
             self.metrics.drift.labels(key[0]).inc()

@@ -181,6 +181,26 @@ async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
     await other.dispose()
 
 
+async def test_a_committed_batch_is_acknowledged_even_if_its_figures_fail(
+    tmp_path: Path,
+) -> None:
+    """Figures are computed after the commit. If that ever fails (a bug; here a configuration
+    that `syncd run` refuses before start: a channel selling from an unknown location), the batch
+    is committed all the same: its sources must hear so, and the figures are recomputed with the
+    next batch."""
+    async with running_engine(sqlite_url(tmp_path)) as engine:
+        await engine.apply([ev(E.COUNT, qty=10, event_id="c1")])
+        engine.reconfigure(retailer(sells_from=("lyon", "paris", "mars")))
+        (v,) = await engine.apply([ev(E.SALE, qty=1, at=T0 + 1, event_id="s1")])
+        assert v.outcome is Outcome.APPLIED
+        async with engine.db.connect() as conn:
+            stored = await conn.exec_driver_sql("SELECT outcome FROM events WHERE event_id = 's1'")
+            assert stored.all() == [("applied",)]
+        engine.reconfigure(retailer())
+        await engine.apply([])
+        assert engine.outbox.rows[("web", "SKU-1", "")].desired == 6  # 9 - 1 (paris) - 2 (web)
+
+
 async def test_a_stop_that_cuts_a_batch_short_writes_none_of_its_effects(
     postgres: PostgresServer,
 ) -> None:
