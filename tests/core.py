@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,14 @@ SEC = 1_000_000
 # read the real one (T0 + 10**12, 11.6 days, had holds created expired from 2026-12-04 on)
 FAR = T0 + 100 * 365 * 86_400 * SEC
 _ids = itertools.count()
+
+
+async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for `cond`; fails the test if it is not true within `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
 
 
 def retailer(**channel_overrides: Any) -> LedgerConfig:

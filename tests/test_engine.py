@@ -20,7 +20,7 @@ from syncd.ledger import replay
 from syncd.model import EventType, Outcome, ReservationState
 from syncd.store import open_engine, sqlite_url
 from syncd.store import repository as repo
-from tests.core import FAR, SEC, T0, db_url, ev, retailer, running_engine
+from tests.core import FAR, SEC, T0, db_url, ev, retailer, running_engine, until
 from tests.crash_child import workload
 from tests.servers import PostgresServer
 
@@ -141,10 +141,8 @@ async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
             await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
             first = asyncio.ensure_future(engine.apply(
                 [ev(E.SALE, sku="SKU-4", event_id="s4", at=T0 + 1, source="till", seq=2)]))
-            for _ in range(200):  # applied in memory, waiting on the lock before its commit
-                if ("SKU-4", "paris") in engine.ledger.levels:
-                    break
-                await asyncio.sleep(0.02)
+            # applied in memory, waiting on the lock before its commit
+            await until(lambda: ("SKU-4", "paris") in engine.ledger.levels, 4.0)
             assert not first.done()
             engine.reconfigure(retailer(safety_stock=5))
             bad = asyncio.ensure_future(engine.apply(  # fails at its last write, the sources row
@@ -166,10 +164,7 @@ async def test_a_reconfiguration_outlives_a_batch_whose_commit_failed(
             await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
             failing = asyncio.ensure_future(engine.apply(
                 [ev(E.SALE, sku="SKU-5", event_id="s5", at=T0 + 2, source="till", seq=99)]))
-            for _ in range(200):
-                if ("SKU-5", "paris") in engine.ledger.levels:
-                    break
-                await asyncio.sleep(0.02)
+            await until(lambda: ("SKU-5", "paris") in engine.ledger.levels, 4.0)
             assert not failing.done()
             engine.reconfigure(retailer(safety_stock=3))
             await asyncio.sleep(0.05)
@@ -218,10 +213,8 @@ async def test_a_stop_that_cuts_a_batch_short_writes_none_of_its_effects(
             await lock.exec_driver_sql("SELECT * FROM sources FOR UPDATE")
             sale = ev(E.SALE, qty=2, at=T0 + 1, event_id="s1", source="till", seq=2)
             stuck = asyncio.ensure_future(engine.apply([sale]))
-            for _ in range(200):  # applied in memory, waiting on the lock before its commit
-                if engine.ledger.levels[("SKU-1", "paris")].on_hand == 3:
-                    break
-                await asyncio.sleep(0.02)
+            # applied in memory, waiting on the lock before its commit
+            await until(lambda: engine.ledger.levels[("SKU-1", "paris")].on_hand == 3, 4.0)
             assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 3
             queued = asyncio.ensure_future(engine.apply([ev(E.SALE, event_id="s2", at=T0 + 2)]))
             await asyncio.sleep(0.05)
@@ -285,10 +278,7 @@ async def test_sweeper_records_expired_holds_and_frees_the_channel(db_url: str) 
                                event_id="hold:H:create", expires_at=T0 + 60 * SEC)])
         assert engine.outbox.rows[("web", "SKU-1", "")].desired == web_before - 3
         clock[0] = T0 + 61 * SEC
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if engine.hold_states["expired"] == 1:
-                break
+        await until(lambda: engine.hold_states["expired"] == 1, 4.0)
         assert engine.hold_states["expired"] == 1
         assert engine.outbox.rows[("web", "SKU-1", "")].desired == web_before
         async with engine.db.connect() as conn:
@@ -311,17 +301,11 @@ async def test_a_failed_commit_restores_the_holds_its_sweep_expired(tmp_path: Pa
                 "CREATE TRIGGER refuse_expiry BEFORE INSERT ON reservations "
                 "WHEN NEW.state = 'expired' BEGIN SELECT RAISE(ABORT, 'injected'); END")
         clock[0] = T0 + 61 * SEC
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if engine.metrics.db_errors._value.get() >= 1:
-                break
+        await until(lambda: engine.metrics.db_errors._value.get() >= 1, 4.0)
         assert engine.metrics.db_errors._value.get() >= 1  # the sweep's batch failed
         async with engine.db.begin() as conn:
             await conn.exec_driver_sql("DROP TRIGGER refuse_expiry")
-        for _ in range(300):
-            await asyncio.sleep(0.02)
-            if engine.hold_states["expired"] == 1:
-                break
+        await until(lambda: engine.hold_states["expired"] == 1, 6.0)
         assert engine.hold_states["expired"] == 1
         async with engine.db.connect() as conn:
             stored = await repo.load_reservations(conn, ids=["H"])
