@@ -8,7 +8,11 @@ shopify = "connectors.shopify:ShopifyConnector"
 ```
 
 It declares `config_model` (a pydantic model, `extra="forbid"`, validated with the rest of the
-config before anything starts) and is constructed as `cls(name, config, context)`. The context
+config before anything starts) and is constructed as `cls(name, config, context)`. A type whose
+settings must agree with the channels it serves may also declare a classmethod
+`check_channels(name, settings, channels) -> list[str]`: `parse_config` calls it with the
+validated settings and those channels (`syncd.model.Channel` by name), and refuses the
+configuration with the errors it returns, each `"<dotted key path>: <message>"`. The context
 hands it its transports (an aiohttp session, an MQTT URL) so tests inject fakes at the transport
 seam and never patch internals.
 

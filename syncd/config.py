@@ -349,6 +349,22 @@ class ConnectorSpec:
     cls: builtins.type[Any]
 
 
+def _channel(name: str, ch: ChannelConfig, connectors: Mapping[str, ConnectorSpec]) -> Channel:
+    spec = connectors.get(ch.connector)
+    cls: Any = spec.cls if spec is not None else None
+    return Channel(
+        name=name,
+        connector=ch.connector,
+        sells_from=tuple(ch.sells_from),
+        safety_stock=ch.safety_stock,
+        allocation=ch.allocation,
+        max_quantity=ch.max_quantity,
+        location_map=tuple(ch.location_map.items()),
+        per_location=bool(getattr(cls, "per_location", False)),
+        basis=str(getattr(cls, "basis", "available")),
+    )
+
+
 @dataclass(slots=True, frozen=True)
 class Config:
     """A validated configuration."""
@@ -381,20 +397,7 @@ class Config:
         }
 
     def channel(self, name: str) -> Channel:
-        ch = self.channels[name]
-        spec = self.connectors.get(ch.connector)
-        cls: Any = spec.cls if spec is not None else None
-        return Channel(
-            name=name,
-            connector=ch.connector,
-            sells_from=tuple(ch.sells_from),
-            safety_stock=ch.safety_stock,
-            allocation=ch.allocation,
-            max_quantity=ch.max_quantity,
-            location_map=tuple(ch.location_map.items()),
-            per_location=bool(getattr(cls, "per_location", False)),
-            basis=str(getattr(cls, "basis", "available")),
-        )
+        return _channel(name, self.channels[name], self.connectors)
 
     def channel_objects(self) -> dict[str, Channel]:
         return {name: self.channel(name) for name in self.channels}
@@ -611,6 +614,13 @@ def _parse(
                               f"takes the figure of {first_of[remote]!r}; a channel-side "
                               "location takes one location's figure")
             first_of.setdefault(remote, loc_name)
+    # a connector type's own checks of the channels it serves (`connectors.base`)
+    for cname, spec in connectors.items():
+        check = getattr(spec.cls, "check_channels", None)
+        served = {n: _channel(n, ch, connectors) for n, ch in channels.items()
+                  if ch.connector == cname}
+        if check is not None and served:
+            errors.extend(check(cname, spec.settings, served))
 
     if errors or daemon is None:
         raise ConfigError(errors or ["daemon: invalid"])

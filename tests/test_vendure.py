@@ -224,6 +224,60 @@ sells_from = ["lyon", "paris"]
     assert entry_points["vendure"] == "connectors.vendure:VendureConnector"
 
 
+def test_two_figures_sent_to_one_vendure_stock_location_are_refused_before_start() -> None:
+    base = """
+[daemon]
+state_dir = "/tmp/syncd-vendure-check"
+
+[locations.lyon]
+kind = "warehouse"
+authority = "backoffice"
+
+[locations.paris]
+kind = "store"
+authority = "backoffice"
+
+[connectors.backoffice]
+type = "http_source"
+
+[connectors.vshop]
+type = "vendure"
+admin_api_url = "https://shop.example.com/admin-api"
+api_key = "env:VENDURE_KEY"
+{stock_locations}
+
+[channels.vshop]
+connector = "vshop"
+sells_from = ["lyon", "paris"]
+{location_map}
+"""
+    registry = {"http_source": HttpSourceConnector, "vendure": VendureConnector}
+
+    def parse(stock_locations: str, location_map: str = "") -> Exception | None:
+        text = base.format(stock_locations=stock_locations, location_map=location_map)
+        try:
+            parse_config(text, registry=registry, environ={"VENDURE_KEY": "k"})
+        except Exception as exc:
+            return exc
+        return None
+
+    assert parse('stock_locations = { "lyon" = "2", "paris" = "3" }') is None
+    shared = parse('stock_locations = { "lyon" = "2", "paris" = "2" }')
+    assert shared is not None
+    assert "connectors.vshop.stock_locations.paris: Vendure stock location '2' already takes " \
+        "the figure of 'lyon'" in str(shared)
+    # through the channel's location_map: its keys are looked up in stock_locations
+    mapped = parse('stock_locations = { "north" = "7", "south" = "7" }',
+                   'location_map = { "lyon" = "north", "paris" = "south" }')
+    assert mapped is not None and "connectors.vshop.stock_locations.south:" in str(mapped)
+    # a location_map naming Vendure ids itself is already refused by the channel's own check;
+    # one stock_locations entry and one direct id can still meet
+    mixed = parse('stock_locations = { "lyon" = "5" }',
+                  'location_map = { "lyon" = "a", "paris" = "5" }')
+    assert mixed is not None and "channels.vshop.location_map.paris: Vendure stock location " \
+        "'5' already takes the figure of 'lyon'" in str(mixed)
+
+
 def test_the_test_server_is_pinned() -> None:
     package = json.loads((NODE_DIR / "package.json").read_text())
     lock = json.loads((NODE_DIR / "package-lock.json").read_text())

@@ -308,24 +308,35 @@ class VendureConnector(HttpConnector):
     def _location_targets(self) -> dict[tuple[str, str], str]:
         """Where each figure of each served channel goes: (channel, channel-side key) → Vendure
         stock location id."""
-        out: dict[tuple[str, str], str] = {}
-        mapped = self.config.stock_locations
-        for ch in self.context.channels.values():
-            remote_of = dict(ch.location_map) or {loc: loc for loc in ch.sells_from}
-            for loc, remote in remote_of.items():
-                target = mapped.get(loc) or mapped.get(remote)
-                if target is None and ch.location_map:
-                    target = remote  # the channel's location_map names Vendure ids itself
-                if target is None:
-                    log.warning(
-                        "location %s has no Vendure stock location (stock_locations): "
-                        "its figures cannot be pushed",
-                        loc,
-                        extra={"connector": self.name, "channel": ch.name},
-                    )
-                    continue
-                out[(ch.name, remote)] = target
-        return out
+        found, missing = mapping.location_targets(
+            self.config.stock_locations, self.context.channels.values())
+        for channel, loc in missing:
+            log.warning(
+                "location %s has no Vendure stock location (stock_locations): "
+                "its figures cannot be pushed",
+                loc,
+                extra={"connector": self.name, "channel": channel},
+            )
+        return {(t.channel, t.remote): t.target for t in found}
+
+    @classmethod
+    def check_channels(
+        cls, name: str, settings: BaseModel, channels: Mapping[str, Channel]
+    ) -> list[str]:
+        """Configuration errors (`parse_config`, before start): two figures sent to one Vendure
+        stock location would overwrite each other's `stockOnHand` there."""
+        assert isinstance(settings, VendureConfig)
+        found, _ = mapping.location_targets(settings.stock_locations, channels.values())
+        errors = []
+        for first, other in mapping.shared_targets(found):
+            path = (f"connectors.{name}.stock_locations.{other.key}"
+                    if other.via == "stock_locations"
+                    else f"channels.{other.channel}.location_map.{other.key}")
+            errors.append(
+                f"{path}: Vendure stock location {other.target!r} already takes the figure of "
+                f"{first.location!r} (channel {first.channel!r}); a stock location takes one "
+                "figure")
+        return errors
 
     def _target(self, channel: str, key: str) -> str | None:
         target = self._targets.get((channel, key))

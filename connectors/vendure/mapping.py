@@ -47,14 +47,17 @@ __all__ = [
     "VARIANT_FIELDS",
     "MappingError",
     "StockLevel",
+    "Target",
     "Variant",
     "format_datetime",
     "is_open",
+    "location_targets",
     "order_events",
     "order_id",
     "order_marks",
     "parse_datetime",
     "parse_variant",
+    "shared_targets",
 ]
 
 CANCELLED = "Cancelled"
@@ -333,3 +336,56 @@ def parse_variant(doc: Any) -> Variant:
         assert isinstance(on_hand, int) and isinstance(allocated, int)
         levels[loc] = StockLevel(on_hand, allocated)
     return Variant(vid, sku, levels)  # exactly as Vendure stores it: SKUs match exactly
+
+
+# -- stock locations -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    """Where one figure of a channel goes: the Vendure stock location `target`, and how the
+    configuration says so (`via`: "stock_locations" or "location_map", `key`: the key there)."""
+
+    channel: str
+    location: str  # the syncd location
+    remote: str  # the channel-side key of the figure
+    target: str  # the Vendure stock location id
+    via: str
+    key: str
+
+
+def location_targets(
+    stock_locations: Mapping[str, str], channels: Iterable[Channel]
+) -> tuple[list[Target], list[tuple[str, str]]]:
+    """Where each figure of each channel goes, and the `(channel, location)` pairs that go
+    nowhere. `stock_locations` is read by syncd location first, then by the channel-side key
+    of a `location_map`; a `location_map` without a `stock_locations` entry names the Vendure
+    stock location itself."""
+    found: list[Target] = []
+    missing: list[tuple[str, str]] = []
+    for ch in channels:
+        remote_of = dict(ch.location_map) or {loc: loc for loc in ch.sells_from}
+        for loc, remote in remote_of.items():
+            if loc in stock_locations:
+                found.append(Target(ch.name, loc, remote, stock_locations[loc],
+                                    "stock_locations", loc))
+            elif remote in stock_locations:
+                found.append(Target(ch.name, loc, remote, stock_locations[remote],
+                                    "stock_locations", remote))
+            elif ch.location_map:
+                found.append(Target(ch.name, loc, remote, remote, "location_map", loc))
+            else:
+                missing.append((ch.name, loc))
+    return found, missing
+
+
+def shared_targets(targets: Iterable[Target]) -> list[tuple[Target, Target]]:
+    """`(first, other)` for every figure sent to a Vendure stock location that an earlier one
+    already takes: each would overwrite the other's `stockOnHand` there."""
+    first: dict[str, Target] = {}
+    out: list[tuple[Target, Target]] = []
+    for t in targets:
+        taken = first.setdefault(t.target, t)
+        if taken is not t:
+            out.append((taken, t))
+    return out
