@@ -1,0 +1,130 @@
+"""Can the engine hide its SQLite work behind its Python work inside one process?
+
+aiosqlite runs SQLite in a thread of its own, so one could overlap a batch's database work (the
+ledger insert and its commit) with the event loop's Python work (the next batch's rules and
+figures) instead of awaiting one and then doing the other. This measures what that overlap can
+give before building it: per batch of 2,000 ledger rows (the engine's batch),
+
+- *database*: the rows inserted as the engine does (`INSERT` of 58-row `VALUES` blocks through
+  `executemany`, in one transaction, WAL, `synchronous=NORMAL`) and committed;
+- *Python*: 24,000 reads at random keys of a 200,000-entry dict (the memory-bound profile of the
+  engine's per-event path: `BENCHMARKS.md`, "Where the time goes");
+- *one after the other*: both, in turn, in one thread (the engine now);
+- *overlapped*: the database work submitted to a worker thread (as aiosqlite does), the Python
+  work done meanwhile, then the wait for the worker.
+
+If the GIL let both run at once, overlapped would cost max(database, Python). The sqlite3 module
+releases the GIL only inside SQLite's own calls; binding parameters and building rows need it.
+
+    python bench/db_thread_overlap.py [--batches 20] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine
+
+ROWS = 2000  # a batch
+BLOCK = 58  # rows per VALUES block: 999 bound parameters / 17 columns, as the engine's claim
+COLS = 17
+READS = 24_000
+ONE = "(" + ", ".join("?" * COLS) + ")"
+INSERT = (f"INSERT INTO events ({', '.join(f'c{i}' for i in range(COLS))}) "
+          f"VALUES {', '.join([ONE] * BLOCK)} "
+          "ON CONFLICT (c0, c1) DO NOTHING")
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    cols = ", ".join(f"c{i} {'INTEGER' if i % 3 == 2 else 'TEXT'}" for i in range(COLS))
+    con.execute(f"CREATE TABLE events (id INTEGER PRIMARY KEY, {cols}, UNIQUE (c0, c1))")
+    return con
+
+
+def batches(n: int, seed: int) -> list[list[tuple[object, ...]]]:
+    rnd = random.Random(seed)
+    return [[tuple(f"{seed}-{b}-{i}" if c == 1 else (rnd.randrange(10**9) if c % 3 == 2
+                                                      else f"v{rnd.randrange(20000):06d}")
+                   for c in range(COLS)) for i in range(ROWS - ROWS % BLOCK)]
+            for b in range(n)]
+
+
+def write(con: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    con.execute("BEGIN")
+    con.executemany(INSERT, [tuple(chain.from_iterable(rows[i : i + BLOCK]))
+                             for i in range(0, len(rows), BLOCK)])
+    con.execute("COMMIT")
+
+
+def reader(size: int) -> Callable[[random.Random], int]:
+    table = {f"SKU-{i:06d}-{j}": i for i in range(size // 10) for j in range(10)}
+    keys = list(table)
+
+    def read(rnd: random.Random) -> int:
+        get, total = table.get, 0
+        for _ in range(READS):
+            total += get(keys[rnd.randrange(len(keys))], 0)
+        return total
+
+    return read
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    print(machine())
+    read = reader(200_000)
+    rnd = random.Random(1)
+    ms: dict[str, list[float]] = {"database": [], "python": [], "serial": [], "overlapped": []}
+    with tempfile.TemporaryDirectory() as d, ThreadPoolExecutor(1) as worker:
+        for r in range(args.rounds):
+            work = batches(4 * args.batches, seed=r)
+            order = ["database", "python", "serial", "overlapped"]
+            rnd.shuffle(order)  # no measure always runs first (a cold cache, a warm one)
+            for i, name in enumerate(order):
+                rows = work[i::4]
+                con = open_db(Path(d) / f"overlap-{r}-{name}.db")  # each on a table as large
+                t0 = time.perf_counter()
+                for b in rows:
+                    if name == "database":
+                        write(con, b)
+                    elif name == "python":
+                        read(rnd)
+                    elif name == "serial":
+                        write(con, b)
+                        read(rnd)
+                    else:
+                        fut = worker.submit(write, con, b)
+                        read(rnd)
+                        fut.result()
+                ms[name].append((time.perf_counter() - t0) / len(rows) * 1e3)
+                con.close()
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    for k, v in ms.items():
+        print(f"{k:11s} median {med[k]:6.2f} ms a batch   ({', '.join(f'{x:.2f}' for x in v)})")
+    ideal = max(med["database"], med["python"])
+    gain = med["serial"] - med["overlapped"]
+    print(f"overlap would save at most {med['serial'] - ideal:.2f} ms a batch "
+          f"(max(database, Python) = {ideal:.2f}); it saves {gain:.2f} "
+          f"({gain / (med['serial'] - ideal):.0%} of that)")
+
+
+if __name__ == "__main__":
+    main()
