@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import DeadLetter, Inbound
 
+from . import recovery, views
 from .checkpoint import Checkpoint
 from .figures import Figures
 from .ledger import Changes, Ledger, LedgerConfig, Verdict
@@ -40,7 +41,8 @@ from .model import (
     Reservation,
 )
 from .outbox import OKey, Outbox
-from .reservations import OPEN_STATES, order_res_id
+from .recovery import brief
+from .reservations import OPEN_STATES, res_id_of
 from .store import repository as repo
 
 __all__ = ["COMMAND_TYPES", "CommitFailed", "Engine", "EngineStopped", "now_micros"]
@@ -179,12 +181,12 @@ class Engine:
             try:
                 await self._checkpoint_all()
             except Exception as exc:  # the next start re-applies the ledger after the checkpoint
-                log.error("could not write the level checkpoint at stop: %s", _brief(exc))
+                log.error("could not write the level checkpoint at stop: %s", brief(exc))
         if self.outbox.dirty or self.outbox.moved:
             try:
                 await self._persist_only()
             except Exception as exc:  # the outbox is recomputed at the next start anyway
-                log.error("could not persist the outbox at stop: %s", _brief(exc))
+                log.error("could not persist the outbox at stop: %s", brief(exc))
 
     @property
     def running(self) -> bool:
@@ -222,38 +224,8 @@ class Engine:
     # -- reading --------------------------------------------------------------------------------
 
     def stock(self, sku: str) -> dict[str, Any]:
-        """The `/v1/stock/{sku}` view: on-hand, reserved and available per location, and the
-        published and pushed figures per channel."""
-        now = self.clock()
-        cfg = self.ledger.config
-        locs: dict[str, dict[str, int]] = {}
-        for name in cfg.locations:
-            lvl = self.ledger.levels.get((sku, name))
-            reserved = self.ledger.reserved(sku, name, now)
-            if lvl is None and not reserved:
-                continue
-            on_hand = lvl.on_hand if lvl else 0
-            locs[name] = {
-                "on_hand": on_hand,
-                "reserved": reserved,
-                "available": max(0, self.ledger.avail(sku, name, now)),
-            }
-        chans: dict[str, Any] = {}
-        for ch in cfg.channels.values():
-            for remote_loc in self.figures.of(ch, sku, now):
-                row = self.outbox.rows.get((ch.name, sku, remote_loc))
-                if row is None:
-                    continue
-                entry = {
-                    "published": row.desired,
-                    "pushed": row.pushed,
-                    "state": row.state if not row.pending else "pending",
-                }
-                if remote_loc:
-                    chans.setdefault(ch.name, {"locations": {}})["locations"][remote_loc] = entry
-                else:
-                    chans[ch.name] = entry
-        return {"sku": sku, "locations": locs, "channels": chans}
+        """The `/v1/stock/{sku}` view (`syncd.views.stock`)."""
+        return views.stock(self.ledger, self.figures, self.outbox, sku, self.clock())
 
     async def reservation(self, res_id: str) -> Reservation | None:
         """A hold or order reservation, open (memory) or closed (database)."""
@@ -265,11 +237,7 @@ class Engine:
         return found[0] if found else None
 
     def available_by_location(self, sku: str) -> dict[str, int]:
-        now = self.clock()
-        return {
-            name: max(0, self.ledger.avail(sku, name, now))
-            for name in self.ledger.config.locations
-        }
+        return views.available_by_location(self.ledger, sku, self.clock())
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -290,7 +258,7 @@ class Engine:
                 self.metrics.db_errors.inc()
                 self.metrics.db_up.set(0)
                 self.db_ok = False
-                log.error("batch commit failed; nothing acknowledged: %s", _brief(exc))
+                log.error("batch commit failed; nothing acknowledged: %s", brief(exc))
                 await self._fail(works, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -381,7 +349,7 @@ class Engine:
                     if not is_command and ident not in fresh:
                         v = Verdict(Outcome.DUPLICATE)
                         if typ is _ORDER:
-                            v.reservation = self.ledger.reservations.get(_res_id_of(ev))
+                            v.reservation = self.ledger.reservations.get(res_id_of(ev))
                     else:
                         claimed = ident in fresh
                         fresh.discard(ident)  # a repeat later in this batch is a duplicate
@@ -478,7 +446,7 @@ class Engine:
         wanted = [
             rid for ev in evs
             if (ev.type in COMMAND_TYPES or ev.type is EventType.ORDER)
-            and (rid := _res_id_of(ev)) and rid not in self.ledger.reservations
+            and (rid := res_id_of(ev)) and rid not in self.ledger.reservations
         ]
         if wanted:
             for r in await repo.load_reservations(conn, ids=wanted):
@@ -658,70 +626,15 @@ class Engine:
         then reload what the batch touched from the database (retried until it answers)."""
         self._unflush()
         await self._refuse(works, exc)
-        keys: set[tuple[str, str]] = set()
-        res_ids: set[str] = set()
-        for w in works:
-            for ev in w.events:
-                if ev.location:
-                    keys.add((ev.sku, ev.location))
-                if ev.channel:
-                    ch = self.ledger.config.channels.get(ev.channel)
-                    for loc in ch.sells_from if ch else ():
-                        keys.add((ev.sku, loc))
-                rid = _res_id_of(ev)
-                if rid:
-                    res_ids.add(rid)
-        for rid in list(res_ids):  # a collect moved its hold's level; the API names only the hold
-            r = self.ledger.reservations.get(rid)
-            if r is not None:
-                keys.add((r.sku, r.location))
-        for key in keys:
-            for r in list(self.ledger.open.get(key, {}).values()):
-                res_ids.add(r.res_id)
-        await self._restore(keys, res_ids)
+        keys, res_ids = recovery.touched((ev for w in works for ev in w.events), self.ledger)
+        await recovery.reload(self.db, self.ledger, keys, res_ids)
         self._uncommitted = False
-
-    async def _restore(self, keys: set[tuple[str, str]], res_ids: set[str]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self.db.connect() as conn:
-                    levels = await repo.load_levels(
-                        conn, keys, horizon=self.ledger.config.tail_horizon)
-                    stored = await repo.load_reservations(conn, ids=sorted(res_ids))
-                break
-            except Exception as exc:
-                log.error("cannot reload state from the database, retrying: %s", _brief(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        for key in keys:
-            if key in levels:
-                self.ledger.levels[key] = levels[key]
-            else:
-                self.ledger.levels.pop(key, None)
-        found = {r.res_id for r in stored}
-        for rid in res_ids - found:
-            self.ledger.forget(rid)
-        for r in stored:
-            self.ledger.forget(r.res_id)
-            self.ledger.load_reservation(r)
 
 
 class CommitFailed(RuntimeError):
     def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"could not commit: {_brief(cause)}")
+        super().__init__(f"could not commit: {brief(cause)}")
         self.cause = cause
-
-
-def _res_id_of(ev: Event) -> str:
-    if ev.type is EventType.ORDER and ev.channel and ev.order_id:
-        return order_res_id(ev.channel, ev.order_id, ev.sku)
-    return ev.hold_id or ""
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:200]}"
 
 
 async def _call(fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "choose_source",
     "end_transition",
     "order_res_id",
+    "res_id_of",
     "same_hold",
     "settles",
 ]
@@ -31,6 +32,13 @@ OPEN_STATES = frozenset(
 
 def order_res_id(channel: str, order_id: str, sku: str) -> str:
     return f"order:{channel}:{order_id}:{sku}"
+
+
+def res_id_of(ev: Event) -> str:
+    """The reservation an event names: an order line's, or the hold's; "" when none."""
+    if ev.type is EventType.ORDER and ev.channel and ev.order_id:
+        return order_res_id(ev.channel, ev.order_id, ev.sku)
+    return ev.hold_id or ""
 
 
 def choose_source(candidates: Sequence[tuple[str, int]], qty: int) -> tuple[str, bool]:
