@@ -44,8 +44,9 @@ FAR = T0 + 100 * 365 * 86_400 * SEC
 _ids = itertools.count()
 
 
-async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for `cond`; fails the test if it is not true within `within` seconds."""
+async def until(cond: Callable[[], object], within: float = 20.0) -> None:
+    """Wait for `cond`; fails the test if it is not true within `within` seconds (a ceiling
+    for a slow machine: the tests using it finish far sooner)."""
     deadline = asyncio.get_running_loop().time() + within
     while not cond():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"

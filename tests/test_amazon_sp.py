@@ -46,7 +46,7 @@ from syncd.ledger import LedgerConfig, Verdict
 from syncd.model import Channel, EventType, Outcome, ReservationState
 from syncd.push import Pusher
 from syncd.store import sqlite_url
-from tests.core import SEC, T0, ev, retailer, running_engine
+from tests.core import SEC, T0, ev, retailer, running_engine, until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "amazon_sp"
 CLIENT_ID = "amzn1.application-oa2-client.test"
@@ -127,14 +127,6 @@ def item(sku: str, desired: int, version: int = 1, location: str = "") -> PushIt
 
 def count(sku: str, qty: int, at: int = T0) -> Any:
     return ev(EventType.COUNT, sku=sku, qty=qty, location="lyon", connector="wms", at=at)
-
-
-async def until(cond: Any, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def synced(engine: Engine) -> bool:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from syncd.model import EventType, to_micros
 from syncd.store import repository as repo
 from syncd.store import sqlite_url
 from syncd.store import tables as t
-from tests.core import retailer, running_engine
+from tests.core import retailer, running_engine, until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "edi"
 WAIT = 10.0  # upper bound for anything to happen; tests finish far sooner
@@ -641,14 +640,6 @@ async def rig(tmp_path: Path, **kw: Any) -> AsyncIterator[Rig]:
         finally:
             await conn.close()
             await asyncio.wait_for(task, WAIT)
-
-
-async def until(check: Callable[[], bool], within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_file_becomes_counts_then_moves_to_processed(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from syncd.ledger import Verdict
 from syncd.model import Channel, EventType, Outcome, ReservationState
 from syncd.push import Pusher
 from syncd.store import sqlite_url
-from tests.core import T0, ev, outcomes, retailer, running_engine, webhook_endpoint
+from tests.core import T0, ev, outcomes, retailer, running_engine, until, webhook_endpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "shopify"
 TOKEN = "shpat_simulator"
@@ -87,14 +87,6 @@ async def shop(sim: ShopifySim, channel: Channel = WEB,
 def item(sku: str, desired: int, remote: int | None = None, version: int = 1,
          location: str = "") -> PushItem:
     return PushItem("web", sku, location, desired, version, remote, f"{sku}:{location}:{version}")
-
-
-async def until(cond: Any, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 # -- configuration ------------------------------------------------------------------------------

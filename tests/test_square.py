@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from syncd.engine import Engine
 from syncd.ledger import Verdict
 from syncd.model import EventType, Outcome
 from syncd.store import sqlite_url
-from tests.core import retailer, running_engine
+from tests.core import retailer, running_engine, until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "square"
 TOKEN = "sq-simulator-token"
@@ -87,14 +86,6 @@ def connector(base_url: str, http: aiohttp.ClientSession | None, *, autopoll: bo
 def up(conn: SquareConnector) -> bool:
     """`connected`, read afresh (a property that changes under the test's feet)."""
     return conn.connected
-
-
-async def until(cond: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import time
 import tomllib
 import uuid
 from collections.abc import AsyncIterator
@@ -54,7 +53,7 @@ from syncd.model import Channel, EventType, ReservationState, to_micros
 from syncd.push import Pusher
 from syncd.sdnotify import Notifier
 from syncd.store import sqlite_url
-from tests.core import SEC, T0, FakeChannel, ev, retailer, running_engine
+from tests.core import SEC, T0, FakeChannel, ev, retailer, running_engine, until
 from tests.servers import free_port
 from tests.vendure_server import (
     NODE_DIR,
@@ -128,14 +127,6 @@ async def connected(
 
 def item(sku: str, location: str, desired: int, version: int = 1) -> PushItem:
     return PushItem("vshop", sku, location, desired, version, None, f"{sku}:{location}:{version}")
-
-
-async def until(cond: Any, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 # -- configuration ------------------------------------------------------------------------------

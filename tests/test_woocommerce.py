@@ -46,7 +46,7 @@ from syncd.ledger import Verdict
 from syncd.model import Channel, EventType, Outcome, ReservationState
 from syncd.push import Pusher
 from syncd.store import sqlite_url
-from tests.core import T0, ev, outcomes, retailer, running_engine, webhook_endpoint
+from tests.core import T0, ev, outcomes, retailer, running_engine, until, webhook_endpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "woocommerce"
 KEY = "ck_simulator"
@@ -93,14 +93,6 @@ async def shop(sim: WooSim, channel: Channel = WEB,
 
 def item(sku: str, desired: int, version: int = 1, remote: int | None = None) -> PushItem:
     return PushItem("web", sku, "", desired, version, remote, f"{sku}:{version}")
-
-
-async def until(cond: Any, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def writes(sim: WooSim) -> list[tuple[str, int]]:
