@@ -94,6 +94,7 @@ class Engine:
         queue_size: int = 1000,
         sweep_every: float = 1.0,
         outbox_flush_every: float = 2.0,
+        desired_flush_every: float = 10.0,
         level_checkpoint_every: float = 10.0,
         level_checkpoint_chunk: int = 5000,
         clock: Callable[[], int] = now_micros,
@@ -105,7 +106,9 @@ class Engine:
         self.max_batch = max_batch
         self.sweep_every = sweep_every
         self.outbox_flush_every = outbox_flush_every
+        self.desired_flush_every = desired_flush_every
         self._next_flush = 0.0
+        self._next_desired_flush = 0.0
         self.clock = clock
         self.queue: asyncio.Queue[_Work] = asyncio.Queue(maxsize=queue_size)
         self.last_seq: dict[tuple[str, str], int] = {}
@@ -323,6 +326,9 @@ class Engine:
         flush = loop.time() >= self._next_flush
         if flush:
             self._next_flush = loop.time() + self.outbox_flush_every
+        flush_desired = flush and loop.time() >= self._next_desired_flush
+        if flush_desired:
+            self._next_desired_flush = loop.time() + self.desired_flush_every
 
         async with self.db.begin() as conn:
             # rule 1: claiming the ledger rows is the deduplication (unique connector+event_id).
@@ -385,7 +391,7 @@ class Engine:
                 conn, [repo.reservation_row(r) for r in changes.reservations.values()]
             )
             if flush:
-                whole, desired = self._outbox_rows()
+                whole, desired = self._outbox_rows(desired=flush_desired)
                 await repo.upsert_outbox(conn, whole)
                 await repo.upsert_outbox_desired(conn, desired)
             await repo.insert_dead_letters(conn, [
@@ -490,14 +496,19 @@ class Engine:
                 keys.update(self.ledger.levels)
         return self.outbox.publish(self.figures.moved(keys, now), now)
 
-    def _outbox_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    def _outbox_rows(
+        self, desired: bool = True
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """The outbox rows changed since the last flush: whole rows where the pushed side
-        changed (`repo.outbox_row`), the desired side of the others (`repo.outbox_desired_row`).
+        changed (`repo.outbox_row`), and with `desired` the desired side of the others
+        (`repo.outbox_desired_row`).
 
-        The desired side is derived state (recomputed from the ledger at every start), so it is
-        written at most every `outbox_flush_every` seconds rather than in every batch: a crash
-        loses nothing. The pushed side says what each channel was last given."""
-        whole, moved = self._flushed = self.outbox.take_unwritten()
+        The pushed side says what each channel was last given: it is written every
+        `outbox_flush_every` seconds (a crash before that costs pushes made again). The desired
+        side is derived state (recomputed from the ledger at every start; a crash loses
+        nothing), written every `desired_flush_every` seconds, as the level checkpoint rotates:
+        the longer the interval, the more moves of one figure a write covers (docs/decisions.md)."""
+        whole, moved = self._flushed = self.outbox.take_unwritten(desired)
         rows = self.outbox.rows
         # by SKU, the middle of the key: neighbouring rows share B-tree pages (SQLite: half the
         # time per row), and one string compares 2.5 times faster than the key tuple

@@ -121,11 +121,17 @@ class Outbox:
             child.inc(n)
         return channels
 
-    def take_unwritten(self) -> tuple[set[OKey], set[OKey]]:
-        """The keys to write now: whole rows (`dirty`), and the desired side of the others
-        (`moved`). Both sets start empty again; a write that fails gives them to `put_back`."""
-        whole, moved = self.dirty, self.moved - self.dirty
-        self.dirty, self.moved = set(), set()
+    def take_unwritten(self, desired: bool = True) -> tuple[set[OKey], set[OKey]]:
+        """The keys to write now: whole rows (`dirty`), and with `desired` the desired side of
+        the others (`moved`; without it they wait for a later call). What is taken is no longer
+        unwritten; a write that fails gives it to `put_back`."""
+        whole = self.dirty
+        self.dirty = set()
+        if not desired:
+            self.moved -= whole  # a whole row carries its desired side
+            return whole, set()
+        moved = self.moved - whole
+        self.moved = set()
         return whole, moved
 
     def put_back(self, whole: set[OKey], moved: set[OKey]) -> None:

@@ -128,6 +128,41 @@ async def test_a_row_reloaded_at_a_restart_is_pushed_with_the_same_key(db_url: s
     assert outbox.item(*key, loaded[key]) == before
 
 
+async def test_the_pushed_side_is_written_at_every_flush_and_the_desired_side_on_its_clock(
+    db_url: str,
+) -> None:
+    """What a channel was given is written every `outbox_flush_every`; a figure not pushed yet
+    (derived state) waits for `desired_flush_every`, or the stop."""
+
+    def count(sku: str) -> list:  # type: ignore[type-arg]
+        return [ev(E.COUNT, sku=sku, qty=10, location="lyon", connector="wms")]
+
+    async def stored(engine: Engine) -> dict[tuple[str, str, str], OutboxRow]:
+        async with engine.db.connect() as conn:
+            return await repo.load_outbox(conn)
+
+    async with running_engine(db_url, outbox_flush_every=0.0,
+                              desired_flush_every=3600.0) as engine:
+        # the figures a batch moves are written by a later batch's flush: the first batch's
+        # flush (both sides) found none, and the desired side's next one is an hour away
+        await engine.apply(count("A"))
+        await engine.apply(count("B"))
+        rows = await stored(engine)
+        assert ("web", "A", "") not in rows and ("web", "B", "") not in rows
+        a = engine.outbox.rows[("web", "A", "")]
+        engine.outbox.settle(engine.outbox.item("web", "A", "", a), state="ok",
+                             pushed=a.desired, remote=a.desired, error=None)
+        await engine.apply(count("C"))
+        rows = await stored(engine)
+        assert (rows[("web", "A", "")].pushed, rows[("web", "A", "")].pushed_version) == (
+            a.desired, a.version)
+        assert ("web", "B", "") not in rows and ("web", "C", "") not in rows
+        await engine.stop()
+        rows = await stored(engine)
+        for sku in "BC":
+            assert rows[("web", sku, "")].desired == engine.outbox.rows[("web", sku, "")].desired
+
+
 async def test_a_permanent_failure_is_recorded_and_blocks_no_other_sku(tmp_path: Path) -> None:
     shop = FakeChannel()
     shop.refuse = {"BAD"}
