@@ -271,9 +271,10 @@ def main() -> None:
         "mark, every figure recomputed); a daemon killed in steady state has at most a "
         "generation and a half (~15–25 s of traffic) to re-apply.",
         "",
-        "Target: ≥ 50,000 events/s. The figure until `stop()` is the whole cost: the level "
-        "checkpoint's 10 s clock starts with the engine, so a short run leaves its level rows to "
-        "`stop()` and a longer one writes a generation before its last acknowledgement. The "
+        "Target: ≥ 50,000 events/s. The figure until `stop()` is the whole cost: the 10 s "
+        "clocks of the level checkpoint and of the outbox's desired side start with the engine, "
+        "so a short run leaves those rows to `stop()` (the figure to the last acknowledgement "
+        "flatters it) and a longer one writes them before its last acknowledgement. The "
         "bound row is what the engine would reach if SQLite cost the event loop nothing (a "
         "writer in another process, with no serialization cost): the Python half alone.",
     ]
