@@ -167,7 +167,12 @@ class Outbox:
     # -- pusher side ----------------------------------------------------------------------------
 
     def take(self, channel: str, limit: int, now: int) -> tuple[list[PushItem], int | None]:
-        """Up to `limit` pending items that are due, and the earliest not-yet-due attempt time."""
+        """Up to `limit` pending items that are due, and the earliest not-yet-due attempt time.
+
+        A row taken for a push is also written whole at the engine's next flush of the pushed
+        side (`dirty`), rather than waiting for the desired side's: a restart after the push
+        then finds the value being pushed (unless the daemon died within that flush's
+        interval), so a figure that flapped back meanwhile is pending again."""
         keys = self.pending.get(channel)
         items: list[PushItem] = []
         later: int | None = None
@@ -183,6 +188,7 @@ class Outbox:
                 later = row.next_attempt_at if later is None else min(later, row.next_attempt_at)
                 continue
             items.append(self.item(channel, sku, loc, row))
+            self.dirty.add((channel, sku, loc))
             if len(items) >= limit:
                 break
         for k in stale:

@@ -157,6 +157,14 @@ async def test_the_pushed_side_is_written_at_every_flush_and_the_desired_side_on
         assert (rows[("web", "A", "")].pushed, rows[("web", "A", "")].pushed_version) == (
             a.desired, a.version)
         assert ("web", "B", "") not in rows and ("web", "C", "") not in rows
+        # a row a pusher takes is written whole at the next flush, as a pushed one is
+        engine.outbox.take("web", 1, T0 + 3600 * SEC)
+        await engine.apply(count("D"))
+        rows = await stored(engine)
+        b = engine.outbox.rows[("web", "B", "")]  # pending keys are taken in their order
+        assert (rows[("web", "B", "")].desired, rows[("web", "B", "")].version) == (
+            b.desired, b.version)
+        assert rows[("web", "B", "")].pending and ("web", "C", "") not in rows
         await engine.stop()
         rows = await stored(engine)
         for sku in "BC":

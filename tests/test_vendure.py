@@ -257,10 +257,20 @@ sells_from = ["lyon", "paris"]
     assert shared is not None
     assert "connectors.vshop.stock_locations.paris: Vendure stock location '2' already takes " \
         "the figure of 'lyon'" in str(shared)
-    # through the channel's location_map: its keys are looked up in stock_locations
+    # through the channel's location_map: its values are looked up in stock_locations
     mapped = parse('stock_locations = { "north" = "7", "south" = "7" }',
                    'location_map = { "lyon" = "north", "paris" = "south" }')
     assert mapped is not None and "connectors.vshop.stock_locations.south:" in str(mapped)
+    # one channel-side key twice is the location_map's own error, reported once
+    twice = parse('stock_locations = { "north" = "7" }',
+                  'location_map = { "lyon" = "north", "paris" = "north" }')
+    assert twice is not None and "channels.vshop.location_map.paris:" in str(twice)
+    assert "stock_locations.north" not in str(twice)
+    # two channels of one connector selling one location would write one stock location
+    both = parse('stock_locations = { "lyon" = "2", "paris" = "3" }',
+                 '[channels.outlet]\nconnector = "vshop"\nsells_from = ["lyon"]')
+    assert both is not None and "channels.outlet.connector: channel 'outlet' would write the " \
+        "figure of 'lyon' to Vendure stock location '2', which channel 'vshop' writes" in str(both)
     # a location_map naming Vendure ids itself is already refused by the channel's own check;
     # one stock_locations entry and one direct id can still meet
     mixed = parse('stock_locations = { "lyon" = "5" }',

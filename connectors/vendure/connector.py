@@ -32,6 +32,10 @@ syncd writes `stockOnHand = 10 − 2 = 8` (before and after the Vendure order); 
 It is also why the connector is `per_location = True`: Vendure allocates per stock location, so
 each syncd location is written to its own stock location (`stock_locations`, or the channel's
 `location_map` whose values are then Vendure stock location ids), never as one pooled figure.
+A Vendure stock location takes one figure: a configuration that would send it two (two syncd
+locations, or two channels of this connector selling one location) is refused before start.
+Stock levels are not per Vendure channel, so two connectors writing one Vendure instance must
+not share stock locations either (syncd cannot see that one: the connectors' URLs may differ).
 Location and channel safety stocks and `allocation` do not apply on this basis (they would fight
 Vendure's allocations); use Vendure's `outOfStockThreshold` for a safety margin. List the
 channel's `sells_from` in the order of Vendure's stock locations, so that syncd reserves a
@@ -329,6 +333,15 @@ class VendureConnector(HttpConnector):
         found, _ = mapping.location_targets(settings.stock_locations, channels.values())
         errors = []
         for first, other in mapping.shared_targets(found):
+            if other.channel != first.channel:
+                errors.append(
+                    f"channels.{other.channel}.connector: channel {other.channel!r} would write "
+                    f"the figure of {other.location!r} to Vendure stock location {other.target!r}, "
+                    f"which channel {first.channel!r} writes (the figure of {first.location!r}); "
+                    "two channels of one Vendure connector would overwrite each other there")
+                continue
+            if other.remote == first.remote:  # one channel-side key twice: `location_map`'s own
+                continue
             path = (f"connectors.{name}.stock_locations.{other.key}"
                     if other.via == "stock_locations"
                     else f"channels.{other.channel}.location_map.{other.key}")
