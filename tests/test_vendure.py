@@ -170,8 +170,8 @@ def test_config_is_validated_and_secrets_are_references() -> None:
     assert (conn.max_batch, conn.per_location, conn.basis) == (25, True, "on_hand_less_foreign")
 
 
-def test_a_daemon_configuration_with_vendure_validates() -> None:
-    text = """
+# a daemon whose locations a backoffice connector reports; tests add a Vendure connector
+DAEMON_HEAD = """
 [daemon]
 state_dir = "/tmp/syncd-vendure-check"
 
@@ -185,7 +185,11 @@ authority = "backoffice"
 
 [connectors.backoffice]
 type = "http_source"
+"""
 
+
+def test_a_daemon_configuration_with_vendure_validates() -> None:
+    text = DAEMON_HEAD + """
 [connectors.vshop]
 type = "vendure"
 admin_api_url = "https://shop.example.com/admin-api"
@@ -216,21 +220,7 @@ sells_from = ["lyon", "paris"]
 
 
 def test_two_figures_sent_to_one_vendure_stock_location_are_refused_before_start() -> None:
-    base = """
-[daemon]
-state_dir = "/tmp/syncd-vendure-check"
-
-[locations.lyon]
-kind = "warehouse"
-authority = "backoffice"
-
-[locations.paris]
-kind = "store"
-authority = "backoffice"
-
-[connectors.backoffice]
-type = "http_source"
-
+    base = DAEMON_HEAD + """
 [connectors.vshop]
 type = "vendure"
 admin_api_url = "https://shop.example.com/admin-api"
