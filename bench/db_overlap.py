@@ -1,4 +1,4 @@
-"""Can the engine hide its SQLite work behind its Python work inside one process?
+"""Can the engine hide its SQLite work behind its Python work: in a thread, in another process?
 
 aiosqlite runs SQLite in a thread of its own, so one could overlap a batch's database work (the
 ledger insert and its commit) with the event loop's Python work (the next batch's rules and
@@ -11,18 +11,25 @@ batch of 2,000),
 - *Python*: 24,000 reads at random keys of a 200,000-entry dict (the memory-bound profile of the
   engine's per-event path: `BENCHMARKS.md`, "Where the time goes");
 - *one after the other*: both, in turn, in one thread (the engine now);
-- *overlapped*: the database work submitted to a worker thread (as aiosqlite does), the Python
-  work done meanwhile, then the wait for the worker.
+- *thread*: the database work submitted to a worker thread (as aiosqlite does), the Python
+  work done meanwhile, then the wait for the worker;
+- *process*: the rows sent through a pipe to a writer process that owns its own connection
+  (pickled by the sender), the Python work done meanwhile, then the wait for the writer's answer:
+  one batch in flight, as a pipelined engine would commit one batch while applying the next.
+  Also reported: the sender's CPU per batch in that mode (the Python work plus the hand-over).
 
-If the GIL let both run at once, overlapped would cost max(database, Python). The sqlite3 module
-releases the GIL only inside SQLite's own calls; binding parameters and building rows need it.
+If both halves ran at once, an overlap would cost max(database, Python). The sqlite3 module
+releases the GIL only inside SQLite's own calls; binding parameters and building rows need it,
+so a thread cannot give that; a process has its own GIL but costs the hand-over.
 
-    python bench/db_thread_overlap.py [--batches 20] [--rounds 5]
+    python bench/db_overlap.py [--batches 20] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import pickle
 import random
 import sqlite3
 import statistics
@@ -32,6 +39,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,6 +80,24 @@ def write(con: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
     con.execute("COMMIT")
 
 
+def writer(pipe: Connection) -> None:
+    """The writer process: `("open", path)`, then batches of rows (each answered with its row
+    count once committed), then None."""
+    con: sqlite3.Connection | None = None
+    while (msg := pipe.recv()) is not None:
+        if isinstance(msg, tuple):
+            if con is not None:
+                con.close()
+            con = open_db(Path(msg[1]))
+            pipe.send(0)
+            continue
+        assert con is not None
+        write(con, msg)
+        pipe.send(len(msg))
+    if con is not None:
+        con.close()
+
+
 def reader(size: int) -> Callable[[random.Random], int]:
     table = {f"SKU-{i:06d}-{j}": i for i in range(size // 10) for j in range(10)}
     keys = list(table)
@@ -93,16 +119,28 @@ def main() -> None:
     print(machine())
     read = reader(200_000)
     rnd = random.Random(1)
-    ms: dict[str, list[float]] = {"database": [], "python": [], "serial": [], "overlapped": []}
+    names = ["database", "python", "serial", "thread", "process"]
+    ms: dict[str, list[float]] = {k: [] for k in names}
+    sender_cpu: list[float] = []
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=writer, args=(theirs,), daemon=True)
+    proc.start()
     with tempfile.TemporaryDirectory() as d, ThreadPoolExecutor(1) as worker:
         for r in range(args.rounds):
-            work = batches(4 * args.batches, seed=r)
-            order = ["database", "python", "serial", "overlapped"]
+            work = batches(len(names) * args.batches, seed=r)
+            order = list(names)
             rnd.shuffle(order)  # no measure always runs first (a cold cache, a warm one)
             for i, name in enumerate(order):
-                rows = work[i::4]
-                con = open_db(Path(d) / f"overlap-{r}-{name}.db")  # each on a table as large
-                t0 = time.perf_counter()
+                rows = work[i :: len(names)]
+                path = Path(d) / f"overlap-{r}-{name}.db"  # each on a table as large
+                con = open_db(path)
+                if name == "process":
+                    con.close()
+                    path.unlink()
+                    ours.send(("open", str(path)))
+                    ours.recv()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 for b in rows:
                     if name == "database":
                         write(con, b)
@@ -111,21 +149,43 @@ def main() -> None:
                     elif name == "serial":
                         write(con, b)
                         read(rnd)
-                    else:
+                    elif name == "thread":
                         fut = worker.submit(write, con, b)
                         read(rnd)
                         fut.result()
+                    else:
+                        ours.send(b)
+                        read(rnd)
+                        ours.recv()
                 ms[name].append((time.perf_counter() - t0) / len(rows) * 1e3)
-                con.close()
+                if name == "process":
+                    sender_cpu.append((time.thread_time() - c0) / len(rows) * 1e3)
+                else:
+                    con.close()
+    ours.send(None)
+    proc.join()
     med = {k: statistics.median(v) for k, v in ms.items()}
     for k, v in ms.items():
-        print(f"{k:11s} median {med[k]:6.2f} ms a batch   ({', '.join(f'{x:.2f}' for x in v)})")
+        print(f"{k:9s} median {med[k]:6.2f} ms a batch   ({', '.join(f'{x:.2f}' for x in v)})")
+    cpu = statistics.median(sender_cpu)
+    sample = batches(1, seed=-1)[0]
+    pickling = []
+    for _ in range(20):
+        t0 = time.thread_time()
+        pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
+        pickling.append((time.thread_time() - t0) * 1e3)
+    pick = statistics.median(pickling)
+    rows = len(sample)
+    print(f"sender's CPU a batch in the process mode: {cpu:.2f} ms "
+          f"({', '.join(f'{x:.2f}' for x in sender_cpu)}), of which pickling the batch "
+          f"{pick:.2f} ms ({pick / rows * 1e3:.2f} µs a row, timed alone); the rest, "
+          f"{cpu - pick - med['python']:.2f} ms above the Python work timed alone, is that work "
+          "slowed while the writer runs")
     apart = med["database"] + med["python"]
     ideal = max(med["database"], med["python"])
     print(f"the two apart {apart:.2f} ms a batch (in turn minus apart: "
-          f"{med['serial'] - apart:+.2f}, cache interference); overlapped "
-          f"{med['overlapped']:.2f}, where a real overlap would reach {ideal:.2f} (the larger)")
-
+          f"{med['serial'] - apart:+.2f}, cache interference); a real overlap would reach "
+          f"{ideal:.2f} (the larger); thread {med['thread']:.2f}, process {med['process']:.2f}")
 
 if __name__ == "__main__":
     main()
