@@ -11,6 +11,18 @@ web channel the four levels it sells from.
 - *flat*: `dict[(sku, location)] -> Level`, the ledger's layout now;
 - *per SKU*: `dict[sku] -> list[Level | None]` indexed by the location's position.
 
+Then the whole figure path of a moved level, the reads and the outbox: each figure (the store's
+per-store figure; for the pooled stores also the web figure from its four levels) is compared
+with its outbox row and, when it changed, written into the row (version + 1), marked pending
+for its channel and marked for the next flush, as `Outbox.publish` does:
+
+- *flat*: the outbox as it is, `dict[(channel, sku, location)] -> OutboxRow`, a pending dict per
+  channel keyed by `(sku, location)`, a set of moved keys;
+- *per SKU*: one record per SKU, its levels and its outbox rows in lists by position, pending and
+  moved kept per SKU (a dict per channel and a set keyed by the SKU string).
+
+Both layouts hold the same `Level` and `OutboxRow` objects; the results are checked equal.
+
     python bench/state_layout.py [--skus 20000] [--reads 200000] [--rounds 5]
 """
 
@@ -28,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine
 from syncd.model import Level
+from syncd.store.repository import OutboxRow
 
 LOCS = ["dc"] + [f"store-{i:02d}" for i in range(10)]
 POOLED = ("dc", "store-00", "store-01", "store-02")  # the web channel's sells_from
@@ -84,6 +97,87 @@ def read_per_sku(per: PerSku, keys: list[tuple[str, str]]) -> int:
     return total
 
 
+SLOTS = ["web"] + [f"kiosk@{loc}" for loc in LOCS[1:]]  # a SKU's figures: one row each
+Rows = dict[tuple[str, str, str], OutboxRow]
+Record = tuple[list[Level | None], list[OutboxRow]]
+
+
+def build_rows(flat: Flat, skus: int) -> tuple[Rows, dict[str, Record]]:
+    """Outbox rows for every figure, in both layouts, over the levels of `build`."""
+    rnd = random.Random(2)
+    names = [f"SKU-{s:06d}" for s in range(skus)]
+    rnd.shuffle(names)
+    rows: Rows = {}
+    records: dict[str, Record] = {}
+    for sku in names:
+        mine = [OutboxRow(0, 1, 0) for _ in SLOTS]
+        rows[("web", sku, "")] = mine[0]
+        for i, loc in enumerate(LOCS[1:]):
+            rows[("kiosk", sku, loc)] = mine[1 + i]
+        records[sku] = ([flat.get((sku, loc)) for loc in LOCS], mine)
+    return rows, records
+
+
+def _bump(row: OutboxRow, qty: int) -> bool:
+    if row.desired == qty:
+        return False
+    row.desired = qty
+    row.version += 1
+    return True
+
+
+def publish_flat(flat: Flat, rows: Rows, keys: list[tuple[str, str]], delta: int) -> int:
+    pending: dict[str, dict[tuple[str, str], None]] = {"web": {}, "kiosk": {}}
+    moved: set[tuple[str, str, str]] = set()
+    bumps = 0
+    for sku, loc in keys:
+        lvl = flat.get((sku, loc))
+        qty = (lvl.on_hand if lvl is not None else 0) + delta
+        key = ("kiosk", sku, loc)
+        if _bump(rows[key], qty):
+            pending["kiosk"][(sku, loc)] = None
+            moved.add(key)
+            bumps += 1
+        if loc in POOLED_STORES:
+            total = delta
+            for other in POOLED:
+                o = flat.get((sku, other))
+                total += o.on_hand if o is not None else 0
+            key = ("web", sku, "")
+            if _bump(rows[key], total):
+                pending["web"][(sku, "")] = None
+                moved.add(key)
+                bumps += 1
+    return bumps
+
+
+def publish_per_sku(records: dict[str, Record], rows: Rows, keys: list[tuple[str, str]],
+                    delta: int) -> int:
+    index = {loc: i for i, loc in enumerate(LOCS)}
+    pooled = [index[loc] for loc in POOLED]
+    pending: dict[str, dict[str, None]] = {"web": {}, "kiosk": {}}
+    moved: set[str] = set()
+    bumps = 0
+    for sku, loc in keys:
+        levels, mine = records[sku]
+        i = index[loc]
+        lvl = levels[i]
+        if _bump(mine[i], (lvl.on_hand if lvl is not None else 0) + delta):
+            pending["kiosk"][sku] = None
+            moved.add(sku)
+            bumps += 1
+        if loc in POOLED_STORES:
+            total = delta
+            for j in pooled:
+                o = levels[j]
+                total += o.on_hand if o is not None else 0
+            if _bump(mine[0], total):
+                pending["web"][sku] = None
+                moved.add(sku)
+                bumps += 1
+    return bumps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skus", type=int, default=20_000)
@@ -91,6 +185,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     flat, per, _scatter = build(args.skus)
+    rows, records = build_rows(flat, args.skus)
     gc.freeze()  # as the daemon freezes its loaded state (`syncd.gctune`)
     rnd = random.Random(1)
     keys = [(f"SKU-{rnd.randrange(args.skus):06d}", rnd.choice(LOCS[1:]))
@@ -110,6 +205,26 @@ def main() -> None:
               f"(median of {args.rounds})")
     ratio = statistics.median(times["flat"]) / statistics.median(times["per SKU"])
     print(f"flat / per SKU: {ratio:.2f}")
+    pub: dict[str, list[float]] = {"flat": [], "per SKU": []}
+    for round_ in range(args.rounds):  # each layout from the same rows, with the same delta
+        outcome: dict[str, tuple[int, int]] = {}
+        for name in (("flat", "per SKU") if round_ % 2 == 0 else ("per SKU", "flat")):
+            for r in rows.values():
+                r.desired, r.version = -1, 1
+            t0 = time.perf_counter()
+            if name == "flat":
+                bumps = publish_flat(flat, rows, keys, round_)
+            else:
+                bumps = publish_per_sku(records, rows, keys, round_)
+            pub[name].append(time.perf_counter() - t0)
+            outcome[name] = (bumps, sum(r.desired * r.version for r in rows.values()))
+        if outcome["flat"] != outcome["per SKU"]:
+            raise SystemExit(f"the layouts disagree: {outcome}")
+    for name, runs in pub.items():
+        print(f"{name}: {statistics.median(runs) / args.reads * 1e6:.2f} µs per moved level, "
+              f"reads and outbox (median of {args.rounds})")
+    ratio = statistics.median(pub["flat"]) / statistics.median(pub["per SKU"])
+    print(f"flat / per SKU, reads and outbox: {ratio:.2f}")
 
 
 if __name__ == "__main__":
