@@ -500,11 +500,12 @@ class Engine:
         self, desired: bool = True
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """The outbox rows changed since the last flush: whole rows where the pushed side
-        changed (`repo.outbox_row`), and with `desired` the desired side of the others
-        (`repo.outbox_desired_row`).
+        changed or a pusher took the row (`repo.outbox_row`), and with `desired` the desired
+        side of the others (`repo.outbox_desired_row`).
 
         The pushed side says what each channel was last given: it is written every
-        `outbox_flush_every` seconds (a crash before that costs pushes made again). The desired
+        `outbox_flush_every` seconds (a crash before that costs pushes made again), and so is a
+        row being pushed (`Outbox.take`). The desired
         side is derived state (recomputed from the ledger at every start; a crash loses
         nothing), written every `desired_flush_every` seconds, as the level checkpoint rotates:
         the longer the interval, the more moves of one figure a write covers (docs/decisions.md)."""

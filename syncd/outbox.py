@@ -6,9 +6,11 @@ the commit that made it durable. The channel's pusher owns the pushed side (`pus
 while `pushed_version != version`. Coalescing is free: a row holds one desired value, so a channel
 that was down for an hour gets one current value per SKU, not an hour of history.
 
-Rows whose pushed side changed are put in `dirty`; the engine writes them in its next commit, so
+Rows whose pushed side changed, and rows a pusher took, are put in `dirty`: the engine writes them
+whole at its next flush of the pushed side (every `outbox_flush_every`), in one of its commits, so
 SQLite keeps a single writer. Rows that only took a new desired value are put in `moved`: the
-engine writes only their desired side (`repository.upsert_outbox_desired`).
+engine writes only their desired side (`repository.upsert_outbox_desired`), on the slower clock
+of the desired side (`desired_flush_every`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Outbox:
         self.metrics = metrics
         self.rows: dict[OKey, OutboxRow] = rows if rows is not None else {}
         self.pending: dict[str, dict[tuple[str, str], None]] = {}
-        self.dirty: set[OKey] = set()  # the pushed side changed: write the whole row
+        # the pushed side changed, or a pusher took the row: write the whole row
+        self.dirty: set[OKey] = set()
         self.moved: set[OKey] = set()  # a new desired value only: write the desired side
         self._wake: dict[str, asyncio.Event] = {}
         self._coalesced: dict[str, Any] = {}  # channel -> its labelled counter

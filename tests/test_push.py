@@ -131,8 +131,9 @@ async def test_a_row_reloaded_at_a_restart_is_pushed_with_the_same_key(db_url: s
 async def test_the_pushed_side_is_written_at_every_flush_and_the_desired_side_on_its_clock(
     db_url: str,
 ) -> None:
-    """What a channel was given is written every `outbox_flush_every`; a figure not pushed yet
-    (derived state) waits for `desired_flush_every`, or the stop."""
+    """What a channel was given, and a row a pusher took, is written every
+    `outbox_flush_every`; a figure no pusher took yet (derived state) waits for
+    `desired_flush_every`, or the stop."""
 
     def count(sku: str) -> list:  # type: ignore[type-arg]
         return [ev(E.COUNT, sku=sku, qty=10, location="lyon", connector="wms")]

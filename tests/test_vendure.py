@@ -46,7 +46,7 @@ from connectors.vendure import VendureConfig, VendureConnector
 from connectors.vendure import mapping as vmap
 from connectors.vendure.client import _errors
 from syncd.app import Daemon
-from syncd.config import parse_config
+from syncd.config import ConfigError, parse_config
 from syncd.engine import Engine
 from syncd.ledger import LedgerConfig
 from syncd.model import Channel, EventType, ReservationState, to_micros
@@ -256,6 +256,31 @@ sells_from = ["lyon", "paris"]
                   'location_map = { "lyon" = "north", "paris" = "north" }')
     assert twice is not None and "channels.vshop.location_map.paris:" in str(twice)
     assert "stock_locations.north" not in str(twice)
+    # reported once, however many locations meet there
+    rome = DAEMON_HEAD + """
+[locations.rome]
+kind = "store"
+authority = "backoffice"
+
+[connectors.vshop]
+type = "vendure"
+admin_api_url = "https://shop.example.com/admin-api"
+api_key = "env:VENDURE_KEY"
+stock_locations = { "x" = "7", "north" = "7" }
+
+[channels.vshop]
+connector = "vshop"
+sells_from = ["lyon", "paris", "rome"]
+location_map = { "lyon" = "x", "paris" = "north", "rome" = "north" }
+"""
+    with pytest.raises(ConfigError) as thrice:
+        parse_config(rome, registry=registry, environ={"VENDURE_KEY": "k"})
+    assert str(thrice.value).count("connectors.vshop.stock_locations.north:") == 1
+    # two channels of one connector on stock locations of their own are fine
+    assert parse('stock_locations = { "a" = "2", "b" = "3", "c" = "4" }',
+                 'location_map = { "lyon" = "a", "paris" = "b" }\n'
+                 '[channels.outlet]\nconnector = "vshop"\nsells_from = ["lyon"]\n'
+                 'location_map = { "lyon" = "c" }') is None
     # two channels of one connector selling one location would write one stock location
     both = parse('stock_locations = { "lyon" = "2", "paris" = "3" }',
                  '[channels.outlet]\nconnector = "vshop"\nsells_from = ["lyon"]')

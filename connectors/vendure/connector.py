@@ -331,7 +331,7 @@ class VendureConnector(HttpConnector):
         stock location would overwrite each other's `stockOnHand` there."""
         assert isinstance(settings, VendureConfig)
         found, _ = mapping.location_targets(settings.stock_locations, channels.values())
-        errors = []
+        errors: list[str] = []
         for first, other in mapping.shared_targets(found):
             if other.channel != first.channel:
                 errors.append(
@@ -349,7 +349,7 @@ class VendureConnector(HttpConnector):
                 f"{path}: Vendure stock location {other.target!r} already takes the figure of "
                 f"{first.location!r} (channel {first.channel!r}); a stock location takes one "
                 "figure")
-        return errors
+        return list(dict.fromkeys(errors))  # one line per key path and cause
 
     def _target(self, channel: str, key: str) -> str | None:
         target = self._targets.get((channel, key))
