@@ -298,8 +298,8 @@ def main() -> None:
         "Target: ≥ 50,000 events/s. The figure until `stop()` is the whole cost: the 10 s "
         "clocks of the level checkpoint and of the outbox's desired side start with the engine, "
         "so a short run leaves those rows to `stop()` (the figure to the last acknowledgement "
-        "flatters it) and a longer one writes them before its last acknowledgement (the longer "
-        "day's rows). The "
+        "flatters it) and a longer one writes most of them before its last acknowledgement (the "
+        "longer day's rows). The "
         "bound row is what the engine would reach if SQLite cost the event loop nothing (a "
         "writer in another process, with no serialization cost): the Python half alone.",
     ]

@@ -34,6 +34,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -99,7 +100,11 @@ def read_per_sku(per: PerSku, keys: list[tuple[str, str]]) -> int:
 
 SLOTS = ["web"] + [f"kiosk@{loc}" for loc in LOCS[1:]]  # a SKU's figures: one row each
 Rows = dict[tuple[str, str, str], OutboxRow]
-Record = tuple[list[Level | None], list[OutboxRow]]
+# a SKU's levels (by location), its outbox rows, and per row: pending, moved since the flush
+Record = tuple[list[Level | None], list[OutboxRow], list[bool], list[bool]]
+Marks = tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]  # pending, moved
+FlatMarks = tuple[dict[str, dict[tuple[str, str], None]], set[tuple[str, str, str]]]
+SkuMarks = tuple[dict[str, dict[str, None]], set[str]]
 
 
 def build_rows(flat: Flat, skus: int) -> tuple[Rows, dict[str, Record]]:
@@ -114,7 +119,8 @@ def build_rows(flat: Flat, skus: int) -> tuple[Rows, dict[str, Record]]:
         rows[("web", sku, "")] = mine[0]
         for i, loc in enumerate(LOCS[1:]):
             rows[("kiosk", sku, loc)] = mine[1 + i]
-        records[sku] = ([flat.get((sku, loc)) for loc in LOCS], mine)
+        records[sku] = ([flat.get((sku, loc)) for loc in LOCS], mine,
+                        [False] * len(SLOTS), [False] * len(SLOTS))
     return rows, records
 
 
@@ -126,7 +132,9 @@ def _bump(row: OutboxRow, qty: int) -> bool:
     return True
 
 
-def publish_flat(flat: Flat, rows: Rows, keys: list[tuple[str, str]], delta: int) -> int:
+def publish_flat(
+    flat: Flat, rows: Rows, keys: list[tuple[str, str]], delta: int
+) -> tuple[int, FlatMarks]:
     pending: dict[str, dict[tuple[str, str], None]] = {"web": {}, "kiosk": {}}
     moved: set[tuple[str, str, str]] = set()
     bumps = 0
@@ -148,21 +156,32 @@ def publish_flat(flat: Flat, rows: Rows, keys: list[tuple[str, str]], delta: int
                 pending["web"][(sku, "")] = None
                 moved.add(key)
                 bumps += 1
-    return bumps
+    return bumps, (pending, moved)
 
 
-def publish_per_sku(records: dict[str, Record], rows: Rows, keys: list[tuple[str, str]],
-                    delta: int) -> int:
+def flat_marks(found: FlatMarks) -> Marks:
+    pending, moved = found
+    return {(ch, *k) for ch, ks in pending.items() for k in ks}, moved
+
+
+def publish_per_sku(
+    records: dict[str, Record], keys: list[tuple[str, str]], delta: int
+) -> tuple[int, SkuMarks]:
+    """Pending and moved are kept per SKU (a dict per channel and a set keyed by the SKU
+    string) and, in the record, per row: the pusher and the flush find a SKU's moved rows by
+    its flags (that scan, over the 11 rows of a record, is not timed here; the flat layout's
+    flush and pusher lookups are not timed either)."""
     index = {loc: i for i, loc in enumerate(LOCS)}
     pooled = [index[loc] for loc in POOLED]
     pending: dict[str, dict[str, None]] = {"web": {}, "kiosk": {}}
     moved: set[str] = set()
     bumps = 0
     for sku, loc in keys:
-        levels, mine = records[sku]
+        levels, mine, pend, mov = records[sku]
         i = index[loc]
         lvl = levels[i]
         if _bump(mine[i], (lvl.on_hand if lvl is not None else 0) + delta):
+            pend[i] = mov[i] = True
             pending["kiosk"][sku] = None
             moved.add(sku)
             bumps += 1
@@ -172,10 +191,30 @@ def publish_per_sku(records: dict[str, Record], rows: Rows, keys: list[tuple[str
                 o = levels[j]
                 total += o.on_hand if o is not None else 0
             if _bump(mine[0], total):
+                pend[0] = mov[0] = True
                 pending["web"][sku] = None
                 moved.add(sku)
                 bumps += 1
-    return bumps
+    return bumps, (pending, moved)
+
+
+def sku_marks(records: dict[str, Record], found: SkuMarks) -> Marks:
+    """The per-SKU marks expanded to the flat layout's keys, from each record's flags."""
+    pending, moved = found
+
+    def rows_of(skus: Iterable[str], moved_flags: bool, channel: str | None) -> set[
+            tuple[str, str, str]]:
+        out = set()
+        for sku in skus:
+            _, _, pend, mov = records[sku]
+            for slot, on in enumerate(mov if moved_flags else pend):
+                ch = "web" if slot == 0 else "kiosk"
+                if on and (channel is None or ch == channel):
+                    out.add((ch, sku, "" if slot == 0 else LOCS[slot]))
+        return out
+
+    waiting = rows_of(pending["web"], False, "web") | rows_of(pending["kiosk"], False, "kiosk")
+    return waiting, rows_of(moved, True, None)
 
 
 def main() -> None:
@@ -207,19 +246,24 @@ def main() -> None:
     print(f"flat / per SKU: {ratio:.2f}")
     pub: dict[str, list[float]] = {"flat": [], "per SKU": []}
     for round_ in range(args.rounds):  # each layout from the same rows, with the same delta
-        outcome: dict[str, tuple[int, int]] = {}
+        outcome: dict[str, tuple[int, int, Marks]] = {}
         for name in (("flat", "per SKU") if round_ % 2 == 0 else ("per SKU", "flat")):
             for r in rows.values():
                 r.desired, r.version = -1, 1
+            for rec in records.values():
+                rec[2][:] = rec[3][:] = [False] * len(SLOTS)
             t0 = time.perf_counter()
             if name == "flat":
-                bumps = publish_flat(flat, rows, keys, round_)
+                bumps, flat_found = publish_flat(flat, rows, keys, round_)
+                pub[name].append(time.perf_counter() - t0)
+                found = flat_marks(flat_found)
             else:
-                bumps = publish_per_sku(records, rows, keys, round_)
-            pub[name].append(time.perf_counter() - t0)
-            outcome[name] = (bumps, sum(r.desired * r.version for r in rows.values()))
+                bumps, sku_found = publish_per_sku(records, keys, round_)
+                pub[name].append(time.perf_counter() - t0)
+                found = sku_marks(records, sku_found)
+            outcome[name] = (bumps, sum(r.desired * r.version for r in rows.values()), found)
         if outcome["flat"] != outcome["per SKU"]:
-            raise SystemExit(f"the layouts disagree: {outcome}")
+            raise SystemExit("the layouts disagree")
     for name, runs in pub.items():
         print(f"{name}: {statistics.median(runs) / args.reads * 1e6:.2f} µs per moved level, "
               f"reads and outbox (median of {args.rounds})")
