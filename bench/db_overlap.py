@@ -122,6 +122,7 @@ def main() -> None:
     names = ["database", "python", "serial", "thread", "process"]
     ms: dict[str, list[float]] = {k: [] for k in names}
     sender_cpu: list[float] = []
+    python_cpu: list[float] = []
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe()
     proc = ctx.Process(target=writer, args=(theirs,), daemon=True)
@@ -160,6 +161,8 @@ def main() -> None:
                 ms[name].append((time.perf_counter() - t0) / len(rows) * 1e3)
                 if name == "process":
                     sender_cpu.append((time.thread_time() - c0) / len(rows) * 1e3)
+                elif name == "python":
+                    python_cpu.append((time.thread_time() - c0) / len(rows) * 1e3)
                 else:
                     con.close()
     ours.send(None)
@@ -179,8 +182,8 @@ def main() -> None:
     print(f"sender's CPU a batch in the process mode: {cpu:.2f} ms "
           f"({', '.join(f'{x:.2f}' for x in sender_cpu)}), of which pickling the batch "
           f"{pick:.2f} ms ({pick / rows * 1e3:.2f} µs a row, timed alone); the rest, "
-          f"{cpu - pick - med['python']:.2f} ms above the Python work timed alone, is that work "
-          "slowed while the writer runs")
+          f"{cpu - pick - statistics.median(python_cpu):.2f} ms above the CPU of the Python work "
+          "timed alone, is that work slowed while the writer runs (and the pipe's system calls)")
     apart = med["database"] + med["python"]
     ideal = max(med["database"], med["python"])
     print(f"the two apart {apart:.2f} ms a batch (in turn minus apart: "
