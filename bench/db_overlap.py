@@ -178,10 +178,10 @@ def main() -> None:
         pickle.dumps(sample, pickle.HIGHEST_PROTOCOL)
         pickling.append((time.thread_time() - t0) * 1e3)
     pick = statistics.median(pickling)
-    rows = len(sample)
+    per_batch = len(sample)
     print(f"sender's CPU a batch in the process mode: {cpu:.2f} ms "
           f"({', '.join(f'{x:.2f}' for x in sender_cpu)}), of which pickling the batch "
-          f"{pick:.2f} ms ({pick / rows * 1e3:.2f} µs a row, timed alone); the rest, "
+          f"{pick:.2f} ms ({pick / per_batch * 1e3:.2f} µs a row, timed alone); the rest, "
           f"{cpu - pick - statistics.median(python_cpu):.2f} ms above the CPU of the Python work "
           "timed alone, is that work slowed while the writer runs (and the pipe's system calls)")
     apart = med["database"] + med["python"]
