@@ -152,21 +152,32 @@ class Engine:
         await self._recompute_all()
         self._publish_gauges()
         self._accepting = True
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="syncd-engine")
 
     async def stop(self, within: float = 30.0) -> None:
         """Stop intake, commit what is queued (for at most `within` seconds: with the database
-        down nothing more can be committed, and nothing uncommitted was acknowledged), persist
-        push results, stop."""
+        down nothing more can be committed, and nothing uncommitted was acknowledged), let the
+        writer task finish the commit it is in (the engine also commits on its own: expiries,
+        the outbox flush), persist push results, stop. Only a task still busy when `within`
+        runs out is cancelled."""
         self._accepting = False
         if self._task is None:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         self._poke.set()
         try:
             await asyncio.wait_for(self.queue.join(), within)
         except TimeoutError:
             log.error("stopping with %d deliveries uncommitted (not acknowledged; their sources "
                       "will deliver them again)", self.queue.qsize())
+        else:  # drained: the task ends after its current batch
+            self._stopping = True
+            self._poke.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task),
+                                       max(0.0, deadline - loop.time()))
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -204,6 +215,7 @@ class Engine:
 
     _recompute_pending = False
     _uncommitted = False  # memory holds effects of a batch not committed (nor reloaded) yet
+    _stopping = False  # `stop()` drained the queue: the writer task ends between batches
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -249,7 +261,11 @@ class Engine:
         self._next_sweep = loop.time() + self.sweep_every
         backoff = 0.05
         while True:
+            if self._stopping and self.queue.empty():
+                return
             works = await self._next_batch(loop)
+            if self._stopping and not works:
+                return
             taken = len(works)  # `_process` may add the sweep's work, which is not queued
             try:
                 await self._process(works)
@@ -302,7 +318,6 @@ class Engine:
 
     async def _process(self, works: list[_Work]) -> None:
         started = time.perf_counter()
-        self._uncommitted = True  # until the commit (or `_fail`'s reload): memory runs ahead
         now = self.clock()
         loop = asyncio.get_running_loop()
         changes = Changes()
@@ -323,6 +338,9 @@ class Engine:
             sweep = self._due_expiries(now)
         if sweep:  # in the caller's list: a failed commit must reload what the sweep expired
             works.append(_Work(sweep))
+        # until the commit (or `_fail`'s reload) memory runs ahead of the database; a batch with
+        # no work (a flush) changes nothing there that a stop could write from
+        self._uncommitted = bool(works)
         flush = loop.time() >= self._next_flush
         if flush:
             self._next_flush = loop.time() + self.outbox_flush_every

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sqlite3
 import sys
 import uuid
 from pathlib import Path
@@ -229,6 +230,29 @@ async def test_a_stop_that_cuts_a_batch_short_writes_none_of_its_effects(
         (v,) = await again.apply([sale])  # the till delivers it again
         assert v.outcome is Outcome.APPLIED
         assert again.ledger.levels[("SKU-1", "paris")].on_hand == 3
+
+
+async def test_a_clean_stop_during_a_periodic_commit_still_writes_the_level_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """The engine commits on its own every second (expiries, the outbox flush), with nothing
+    queued. A stop that arrives while such a commit waits for the database must let it finish,
+    not cancel it and then skip the level checkpoint as if memory held uncommitted events."""
+    async with running_engine(sqlite_url(tmp_path), sweep_every=0.05,
+                              level_checkpoint_every=3600.0) as engine:
+        await engine.apply([ev(E.COUNT, qty=5, event_id="c1")])
+        blocker = sqlite3.connect(tmp_path / "syncd.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock: the next periodic commit waits
+        before = engine.batches
+        await asyncio.sleep(0.3)
+        assert engine.batches == before  # it is waiting
+        asyncio.get_running_loop().call_later(0.3, blocker.execute, "ROLLBACK")
+        await engine.stop(within=5.0)
+        blocker.close()
+    db = sqlite3.connect(tmp_path / "syncd.db")
+    assert db.execute("SELECT on_hand FROM levels WHERE sku = 'SKU-1' AND location = 'paris'"
+                      ).fetchall() == [(5,)]
+    db.close()
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
