@@ -159,8 +159,9 @@ class Engine:
         """Stop intake, commit what is queued (for at most `within` seconds: with the database
         down nothing more can be committed, and nothing uncommitted was acknowledged), let the
         writer task finish the commit it is in (the engine also commits on its own: expiries,
-        the outbox flush), persist push results, stop. Only a task still busy when `within`
-        runs out is cancelled."""
+        the outbox flush), stop; only a task still busy when `within` runs out is cancelled.
+        Then write the level checkpoint and the outbox rows still owed, each for at most
+        `within` seconds more (both are rebuilt at the next start when they cannot be)."""
         self._accepting = False
         if self._task is None:
             return
@@ -193,12 +194,12 @@ class Engine:
                       "(the next start re-applies the ledger after the last one)")
         else:
             try:
-                await self._checkpoint_all()
+                await asyncio.wait_for(self._checkpoint_all(), within)
             except Exception as exc:  # the next start re-applies the ledger after the checkpoint
                 log.error("could not write the level checkpoint at stop: %s", brief(exc))
         if self.outbox.dirty or self.outbox.moved:
             try:
-                await self._persist_only()
+                await asyncio.wait_for(self._persist_only(), within)
             except Exception as exc:  # the outbox is recomputed at the next start anyway
                 log.error("could not persist the outbox at stop: %s", brief(exc))
 
@@ -646,7 +647,8 @@ class Engine:
     async def _abandon(self, works: list[_Work]) -> None:
         """The engine was cancelled in the middle of a batch (a stop that gave up waiting):
         keep the outbox rows its flush had taken, and refuse its works if it did not commit.
-        Memory is not reloaded; `stop()` then writes no level checkpoint from it."""
+        Memory is not reloaded; if the batch had work, `stop()` then writes no level checkpoint
+        from it (a batch with none, a flush, left memory as committed)."""
         self._unflush()
         if self._uncommitted:
             await self._refuse(works, EngineStopped("stopped before the batch was committed"))
