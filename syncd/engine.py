@@ -176,9 +176,8 @@ class Engine:
         else:  # drained: the task ends after its current batch
             self._stopping = True
             self._poke.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task),
-                                       max(0.0, deadline - loop.time()))
+            # `wait` neither cancels the task on timeout nor raises what ended it
+            await asyncio.wait({self._task}, timeout=max(0.0, deadline - loop.time()))
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
