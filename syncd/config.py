@@ -617,9 +617,11 @@ def _parse(
     # a connector type's own checks of the channels it serves (`connectors.base`)
     for cname, spec in connectors.items():
         check = getattr(spec.cls, "check_channels", None)
+        if check is None:
+            continue
         served = {n: _channel(n, ch, connectors) for n, ch in channels.items()
                   if ch.connector == cname}
-        if check is not None and served:
+        if served:
             errors.extend(check(cname, spec.settings, served))
 
     if errors or daemon is None:

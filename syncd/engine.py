@@ -523,10 +523,10 @@ class Engine:
 
         The pushed side says what each channel was last given: it is written every
         `outbox_flush_every` seconds (a crash before that costs pushes made again), and so is a
-        row being pushed (`Outbox.take`). The desired
-        side is derived state (recomputed from the ledger at every start; a crash loses
-        nothing), written every `desired_flush_every` seconds, as the level checkpoint rotates:
-        the longer the interval, the more moves of one figure a write covers (docs/decisions.md)."""
+        row being pushed (`Outbox.take`). The desired side is derived state (recomputed from the
+        ledger at every start; a crash loses nothing), written every `desired_flush_every`
+        seconds, as the level checkpoint rotates: the longer the interval, the more moves of one
+        figure a write covers (docs/decisions.md)."""
         whole, moved = self._flushed = self.outbox.take_unwritten(desired)
         rows = self.outbox.rows
         # by SKU, the middle of the key: neighbouring rows share B-tree pages (SQLite: half the
