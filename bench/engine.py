@@ -156,6 +156,14 @@ async def run_engine(batches: list[list[Event]], state: Path) -> tuple[float, fl
     return acked, elapsed, main_cpu
 
 
+def on_loaded_stock(batches: list[list[Event]], stock: Path) -> tuple[float, float, float]:
+    """`run_engine` on a copy of the stock database `load_stock` made."""
+    with tempfile.TemporaryDirectory() as d:
+        for f in stock.iterdir():
+            shutil.copy(f, d)
+        return asyncio.run(run_engine(batches, Path(d)))
+
+
 async def restart_after_kill(batches: list[list[Event]], state: Path) -> tuple[int, float]:
     """Apply everything with no level row written (as if the daemon was SIGKILLed before its
     first checkpoint), kill the engine task, then time a start: rows read, the ledger after the
@@ -221,20 +229,14 @@ def main() -> None:
         for run in range(args.runs):
             day = trading_day(args.events, args.skus, seed=run)
             cold = traffic(args.events, args.skus, seed=run)
-            with tempfile.TemporaryDirectory() as d:
-                for f in Path(stock).iterdir():
-                    shutil.copy(f, d)
-                acked, stopped, main_cpu = asyncio.run(run_engine(day, Path(d)))
+            acked, stopped, main_cpu = on_loaded_stock(day, Path(stock))
             rates["day"].append(args.events / acked)
             rates["day_stop"].append(args.events / stopped)
             rates["day_bound"].append(args.events / main_cpu)
             main_us.append(main_cpu / args.events * 1e6)
             if args.steady:
                 long_day = trading_day(args.steady, args.skus, seed=1000 + run)
-                with tempfile.TemporaryDirectory() as d:
-                    for f in Path(stock).iterdir():
-                        shutil.copy(f, d)
-                    acked, stopped, _ = asyncio.run(run_engine(long_day, Path(d)))
+                acked, stopped, _ = on_loaded_stock(long_day, Path(stock))
                 del long_day
                 rates["steady"].append(args.steady / acked)
                 rates["steady_stop"].append(args.steady / stopped)
