@@ -6,12 +6,18 @@ split."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import sqlite3
 from itertools import pairwise
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from syncd.model import Event, EventType
 from syncd.store import open_engine, upgrade
@@ -55,6 +61,60 @@ def test_unordered_groups_give_back_every_row_once(rows: list[tuple[Any, ...]]) 
     back = [_restore(shape.cols, r) for shape, group in groups for r in group]
     assert sorted(map(repr, back)) == sorted(map(repr, rows))
     assert len({id(shape) for shape, _ in groups}) == len(groups)
+
+
+@given(st.integers(1, 40), st.integers(0, 2600), st.sampled_from([999, 32_766]))
+def test_sqlite_statements_write_every_row_once_in_order(
+    ncols: int, n: int, limit: int
+) -> None:
+    """The statements of `_sqlite_statements`, executed in turn, bind every row once, in the
+    input order, and none binds more parameters than the library allows."""
+    rows = [tuple(range(i * ncols, (i + 1) * ncols)) for i in range(n)]
+    one = "(" + ", ".join(["?"] * ncols) + ")"
+    sql = f"INSERT INTO t VALUES {one}"
+    with patch.object(repo, "_VARIABLE_LIMIT", limit):
+        statements = repo._sqlite_statements(sql, ncols, rows)
+    bound: list[Any] = []
+    for statement, params in statements:
+        assert statement.count("?") <= limit
+        for p in params:
+            assert len(p) == statement.count("?")
+            bound.extend(p)
+    assert bound == [v for r in rows for v in r]
+    assert len(statements) <= 3  # big blocks, then small blocks, then one by one
+
+
+async def test_a_refused_block_fails_the_whole_claim(db_url: str) -> None:
+    """The claim's statements all go to the database before the first answer (SQLite queues
+    them on aiosqlite's thread): when later blocks are refused (a NOT NULL column), the claim
+    raises, every statement is awaited (no task is left with an error nobody retrieved), and
+    the transaction's rollback takes back the blocks that went in."""
+    db = open_engine(db_url)
+    await upgrade(db)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+
+    def sale(i: int) -> tuple[Any, ...]:
+        return repo.event_row(Event("pos", f"e{i:04d}", EventType.SALE, "A", 1, T0 + i,
+                                    location="s1"), T0, "applied", "")
+
+    rows = [sale(i) for i in range(1100)]
+    for i in (1050, 1090):  # no SKU, in the block of 64 and among the last rows
+        rows[i] = (*rows[i][:3], None, *rows[i][4:])
+    try:
+        # as the driver raised it: sqlite3's own (the statements bypass SQLAlchemy there)
+        with pytest.raises((IntegrityError, sqlite3.IntegrityError)):
+            async with db.begin() as conn:
+                await repo.claim_events(conn, rows)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+        async with db.connect() as conn:
+            assert await repo.iter_events(conn) == []
+    finally:
+        loop.set_exception_handler(None)
+        await db.dispose()
 
 
 async def test_ledger_rows_keep_order_and_nulls(db_url: str) -> None:
@@ -119,9 +179,10 @@ async def test_upsert_writes_a_value_that_became_null(db_url: str) -> None:
 
 
 async def test_blocks_of_rows_keep_order_dedupe_and_last_write(db_url: str) -> None:
-    """More rows than one multi-row statement holds (SQLite writes blocks of 64, then the rest
-    one by one): repeats inside a block are not inserted, ids follow the input order, and an
-    upsert that names a key twice in one block (rows of one NULL shape) keeps the later row."""
+    """More rows than one multi-row statement holds (SQLite writes blocks of 1,000 rows, then
+    of 64, then the rest one by one): repeats inside a block are not inserted, ids follow the
+    input order, and an upsert that names a key twice in one block (rows of one NULL shape)
+    keeps the later row."""
     db = open_engine(db_url)
     await upgrade(db)
 
@@ -131,27 +192,28 @@ async def test_blocks_of_rows_keep_order_dedupe_and_last_write(db_url: str) -> N
 
     try:
         async with db.begin() as conn:
-            fresh, _ = await repo.claim_events(conn, [sale(i) for i in range(150)])
-        assert len(fresh) == 150
-        mixed = [sale(i) for i in range(100, 250)]  # 50 repeats, then 100 new
+            fresh, _ = await repo.claim_events(conn, [sale(i) for i in range(1150)])
+        assert len(fresh) == 1150
+        mixed = [sale(i) for i in range(1000, 2300)]  # 150 repeats, then 1,150 new
         mixed = mixed[::2] + mixed[1::2]  # interleave repeats and new rows
         async with db.begin() as conn:
             fresh, _ = await repo.claim_events(conn, mixed)
-        assert fresh == {("pos", f"e{i:04d}") for i in range(150, 250)}
+        assert fresh == {("pos", f"e{i:04d}") for i in range(1150, 2300)}
         async with db.connect() as conn:
             ids = [r[0] for r in (await conn.execute(text(
                 "SELECT event_id FROM events ORDER BY id"))).all()]
-        new_order = [r[1] for r in mixed if int(r[1][1:]) >= 150]
-        assert ids == [f"e{i:04d}" for i in range(150)] + new_order
-        rows = [repo.outbox_row(("shop", f"S{i:03d}", ""), OutboxRow(i, 1, T0))
-                for i in range(130)]
-        rows.insert(40, repo.outbox_row(("shop", "S050", ""), OutboxRow(-1, 1, T0)))
+        new_order = [r[1] for r in mixed if int(r[1][1:]) >= 1150]
+        assert ids == [f"e{i:04d}" for i in range(1150)] + new_order
+        rows = [repo.outbox_row(("shop", f"S{i:04d}", ""), OutboxRow(i, 1, T0))
+                for i in range(1130)]
+        rows.insert(40, repo.outbox_row(("shop", "S0050", ""), OutboxRow(-1, 1, T0)))
         async with db.begin() as conn:
             await repo.upsert_outbox(conn, rows)
         async with db.connect() as conn:
             stored = await repo.load_outbox(conn)
-        assert len(stored) == 130
-        assert {k[1]: r.desired for k, r in stored.items()} == {f"S{i:03d}": i for i in range(130)}
+        assert len(stored) == 1130
+        assert {k[1]: r.desired for k, r in stored.items()} == {
+            f"S{i:04d}": i for i in range(1130)}
     finally:
         await db.dispose()
 

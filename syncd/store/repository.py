@@ -6,7 +6,9 @@ batch is one commit.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
+import aiosqlite
 from sqlalchemy import Table, bindparam, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -166,38 +169,79 @@ async def _write_tuples(
     await conn.exec_driver_sql(_compiled_in_order(conn, table, cols, keys), list(rows))
 
 
-_BLOCK = 64  # rows per multi-row VALUES statement on SQLite (fewer for wide rows: see below)
-_OLD_VARIABLE_LIMIT = 999  # SQLITE_MAX_VARIABLE_NUMBER before SQLite 3.32
-_MULTI: dict[tuple[str, str], str] = {}
+# Rows per multi-row VALUES statement on SQLite, largest first: runs of rows go in blocks of up to
+# `_BIG_ROWS` (as many as the library binds), the rest in blocks of `_BLOCK`, the last few one by
+# one. A 1,000-row statement inserts a ledger row 16 % cheaper than 64-row blocks
+# (`bench/sqlite_blocks.py`), and it is one step of sqlite3, which releases the GIL for it.
+_BIG_ROWS = 1000
+_BLOCK = 64
+_MULTI: dict[tuple[str, str, int], str] = {}
+
+
+def _variable_limit() -> int:
+    """How many parameters one statement may bind in this process's SQLite library (999
+    before SQLite 3.32, 32,766 from it, or what its build set)."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        return int(probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    finally:
+        probe.close()
+
+
+_VARIABLE_LIMIT = _variable_limit()
+
+
+def _sqlite_statements(
+    sql: str, ncols: int, rows: Sequence[tuple[Any, ...]], one: str | None = None
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements that run the one-row SQLite statement `sql` for every row, in order, each
+    with its parameter tuples for an `executemany`: blocks of rows in multi-row VALUES
+    statements (which sqlite3 prepares once and caches), the last few rows one by one. `one` is
+    the row's VALUES group in `sql` (by default `ncols` placeholders)."""
+    if one is None:
+        one = "(" + ", ".join(["?"] * ncols) + ")"
+    fits = max(1, _VARIABLE_LIMIT // ncols)
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    n, done = len(rows), 0
+    for block in sorted({min(_BIG_ROWS, fits), min(_BLOCK, fits)}, reverse=True):
+        full = done + (n - done) // block * block
+        if block == 1 or full == done:
+            continue
+        multi = _MULTI.get((sql, one, block))
+        if multi is None:
+            if sql.count(one) != 1 or one.count("?") != ncols:
+                raise RuntimeError(f"cannot find the one-row VALUES {one} in {sql!r}")
+            multi = _MULTI[(sql, one, block)] = sql.replace(one, ", ".join([one] * block))
+        out.append((multi, [tuple(chain.from_iterable(rows[i : i + block]))
+                            for i in range(done, full, block)]))
+        done = full
+    if done < n:
+        out.append((sql, list(rows[done:])))
+    return out
 
 
 async def _sqlite_many(
     conn: AsyncConnection, sql: str, ncols: int, rows: Sequence[tuple[Any, ...]],
     one: str | None = None,
 ) -> int:
-    """Execute the one-row SQLite statement `sql` for every row, in order; returns the rows
-    changed. Blocks of up to `_BLOCK` rows (within the 999 bound parameters of any SQLite) go in
-    one multi-row VALUES statement, which sqlite3 prepares once and caches: one step per block
-    instead of one per row, a quarter cheaper per row than an `executemany` of the one-row
-    statement. The rest go one by one. `one` is the row's VALUES group in `sql` (by default
-    `ncols` placeholders)."""
-    n = len(rows)
-    block = max(1, min(_BLOCK, _OLD_VARIABLE_LIMIT // ncols))  # any SQLite binds that many
-    full = n - n % block
+    """Execute the one-row SQLite statement `sql` for every row, in order
+    (`_sqlite_statements`); returns the rows changed."""
     changed = 0
-    if full:
-        if one is None:
-            one = "(" + ", ".join(["?"] * ncols) + ")"
-        multi = _MULTI.get((sql, one))
-        if multi is None:
-            if sql.count(one) != 1 or one.count("?") != ncols:
-                raise RuntimeError(f"cannot find the one-row VALUES {one} in {sql!r}")
-            multi = _MULTI[(sql, one)] = sql.replace(one, ", ".join([one] * block))
-        blocks = [tuple(chain.from_iterable(rows[i : i + block])) for i in range(0, full, block)]
-        changed += (await conn.exec_driver_sql(multi, blocks)).rowcount
-    if full < n:
-        changed += (await conn.exec_driver_sql(sql, list(rows[full:]))).rowcount
+    for statement, params in _sqlite_statements(sql, ncols, rows, one):
+        changed += (await conn.exec_driver_sql(statement, params)).rowcount
     return changed
+
+
+async def _rows_changed(driver: aiosqlite.Connection, sql: str,
+                        params: list[tuple[Any, ...]]) -> int:
+    """`executemany` on aiosqlite's thread; the rows it changed. The cursor is closed on that
+    thread too: one dropped on the event loop's thread resets its cached statement there, which
+    races with the thread running the next statement of the same SQL (SQLITE_MISUSE)."""
+    cursor = await driver.executemany(sql, params)
+    try:
+        return int(cursor.rowcount)
+    finally:
+        await cursor.close()
 
 
 async def upsert(
@@ -252,32 +296,84 @@ async def claim_events(
     conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]
 ) -> tuple[set[tuple[str, str]], int]:
     """Insert ledger rows whose `(connector, event_id)` is new; return the identities inserted
-    and an id at or below every id they got.
+    and an id at or below every id they got (0 when there are no rows). `submit_claim`, awaited
+    at once."""
+    return await (await submit_claim(conn, rows))
+
+
+Claimed = tuple[set[tuple[str, str]], int]
+
+
+async def submit_claim(
+    conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]
+) -> asyncio.Task[Claimed]:
+    """Send the ledger rows' insert to the database; returns the task that answers as
+    `claim_events` does (a caller that gives up cancels it).
 
     The insert (`ON CONFLICT DO NOTHING` on the unique key) both deduplicates against the whole
     ledger (rule 1) and writes the rows; the caller then fixes the outcomes of the few that were
     not applied (`set_outcomes`), in the same transaction. On PostgreSQL a multi-row `RETURNING`
-    names the inserted rows; on SQLite, where the one writer holds the database lock for the
-    whole transaction, they are the rows above the previous highest rowid (the rows go in by
-    `_sqlite_many`, in order); when the insert's row count says every row went in, the rows
-    themselves are the answer."""
-    inserted: set[tuple[str, str]] = set()
+    names the inserted rows; it runs when awaited. On SQLite, where the one writer holds the
+    database lock for the whole transaction, they are the rows above the previous highest rowid
+    (the rows go in by `_sqlite_statements`, in order); when the insert's row count says every
+    row went in, the rows themselves are the answer. Its statements are all queued on
+    aiosqlite's thread at the next turn of the event loop, so the caller can run Python while
+    the thread inserts: sqlite3 releases the GIL while a statement steps, and a block of rows
+    is one step. Nothing else may use `conn` until the answer is awaited."""
     if not rows:
-        return inserted, 0
-    first = await next_event_id(conn)
-    if conn.dialect.name != "postgresql":
-        written = 0  # in runs of one shape of NULLs, in order: the ids are the ledger's order
-        for shape, group in split_nulls(EVENT_COLS, _EVENT_NULLABLE, rows, ordered=True):
-            sql = _compiled_in_order(conn, events, shape.cols, ())
-            sql = sql + " ON CONFLICT (connector, event_id) DO NOTHING"
-            written += await _sqlite_many(conn, sql, len(shape.cols), group)
-        if written == len(rows):  # no duplicate: the common case needs no read-back
-            inserted.update(map(_IDENT, rows))
-            return inserted, first
-        result = await conn.exec_driver_sql(
-            "SELECT connector, event_id FROM events WHERE id >= ?", (first,))
-        inserted.update(_pairs(result.all()))
+        return asyncio.ensure_future(_done((set(), 0)))
+    if conn.dialect.name == "postgresql":
+        return asyncio.ensure_future(_pg_claim(conn, rows))
+    driver = await _aiosqlite(conn)
+    first = asyncio.ensure_future(driver.execute_fetchall(
+        "SELECT coalesce(max(id), 0) + 1 FROM events"))
+    inserts = [  # in runs of one shape of NULLs, in order: the ids are the ledger's order
+        asyncio.ensure_future(_rows_changed(driver, statement, params))
+        for shape, group in split_nulls(EVENT_COLS, _EVENT_NULLABLE, rows, ordered=True)
+        for statement, params in _sqlite_statements(
+            _compiled_in_order(conn, events, shape.cols, ())
+            + " ON CONFLICT (connector, event_id) DO NOTHING", len(shape.cols), group)
+    ]
+    return asyncio.ensure_future(_sqlite_claimed(conn, rows, first, inserts))
+
+
+async def _aiosqlite(conn: AsyncConnection) -> aiosqlite.Connection:
+    """The aiosqlite connection under `conn` (in the transaction `conn` began)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if not isinstance(driver, aiosqlite.Connection):
+        raise TypeError(f"not an aiosqlite connection: {type(driver).__name__}")
+    return driver
+
+
+async def _done(value: Claimed) -> Claimed:
+    return value
+
+
+async def _sqlite_claimed(
+    conn: AsyncConnection, rows: Sequence[tuple[Any, ...]],
+    first_id: asyncio.Future[Iterable[Any]], inserts: Sequence[asyncio.Future[int]],
+) -> Claimed:
+    # every queued statement is awaited (none is left with an unretrieved error); the first
+    # failure is raised, and the caller's transaction rolls back what the others did
+    outcomes = await asyncio.gather(first_id, *inserts, return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    if failed:
+        raise failed[0]
+    first = int(next(iter(await first_id))[0])
+    written = sum([await insert for insert in inserts])
+    inserted: set[tuple[str, str]] = set()
+    if written == len(rows):  # no duplicate: the common case needs no read-back
+        inserted.update(map(_IDENT, rows))
         return inserted, first
+    result = await conn.exec_driver_sql(
+        "SELECT connector, event_id FROM events WHERE id >= ?", (first,))
+    inserted.update(_pairs(result.all()))
+    return inserted, first
+
+
+async def _pg_claim(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> Claimed:
+    first = await next_event_id(conn)
+    inserted: set[tuple[str, str]] = set()
     ncols = len(EVENT_COLS)
     per = _MAX_PARAMS // ncols
     for i in range(0, len(rows), per):
