@@ -20,7 +20,7 @@ pooled over the warehouse and three stores, and a per-store channel). Two traffi
 Measured from the first submit to the last acknowledgement (the last commit), and to the end of
 `Engine.stop()`, which writes the level checkpoint and the outbox rows still owed (work that a
 running daemon does every few seconds; counting it keeps the lazy writes honest). The garbage
-collector is set as `syncd run` sets it (`syncd.gctune`: thresholds raised, the state at start
+collector is set as `syncd run` sets it (`syncd.tuning`: thresholds raised, the state at start
 frozen). Also measures the raw sqlite3 group-commit ceiling (the same rows inserted with
 executemany, one transaction per 2,000) for comparison.
 
@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import machine, record
 from connectors.base import Inbound
-from syncd import gctune
+from syncd import tuning
 from syncd.engine import Engine
 from syncd.ledger import LedgerConfig
 from syncd.metrics import Metrics
@@ -134,9 +134,9 @@ async def run_engine(batches: list[list[Event]], state: Path) -> tuple[float, fl
     db = open_engine(sqlite_url(state))
     await upgrade(db)
     engine = Engine(db, config(), Metrics(CollectorRegistry()), max_batch=2000)
-    gctune.tune()  # what `syncd run` does around the engine's start
+    tuning.tune()  # what `syncd run` does around the engine's start
     await engine.start()
-    gctune.freeze_loaded_state()
+    tuning.freeze_loaded_state()
     done = asyncio.Event()
     remaining = [len(batches)]
 

@@ -6,7 +6,7 @@ the outbox rows of a pooled webshop and per-store kiosks already pushed), then, 
 process for each size:
 
 - cold start: `Engine.start()` (load levels, reservations and outbox, recompute every figure),
-  with the garbage collector set as `syncd run` sets it (`syncd.gctune`);
+  with the garbage collector set as `syncd run` sets it (`syncd.tuning`);
 - full recompute: the same recompute again, on the warm engine (what a SIGHUP reload costs);
 - peak RSS of that process (`ru_maxrss`).
 
@@ -64,17 +64,17 @@ def fill(state: Path, rows: int) -> None:
 async def measure(state: Path) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
-    from syncd import gctune
+    from syncd import tuning
     from syncd.engine import Engine
     from syncd.metrics import Metrics
 
     db = open_engine(sqlite_url(state))
     engine = Engine(db, config(), Metrics(CollectorRegistry()))
-    gctune.tune()  # as `syncd run` does around the engine's start
+    tuning.tune()  # as `syncd run` does around the engine's start
     t0 = time.perf_counter()
     await engine.start()
     cold = time.perf_counter() - t0
-    gctune.freeze_loaded_state()
+    tuning.freeze_loaded_state()
     rows = len(engine.ledger.levels)
     t0 = time.perf_counter()
     engine._recompute_pending = True  # what a reload does

@@ -225,7 +225,7 @@ def main() -> None:
     args = ap.parse_args()
     flat, per, _scatter = build(args.skus)
     rows, records = build_rows(flat, args.skus)
-    gc.freeze()  # as the daemon freezes its loaded state (`syncd.gctune`)
+    gc.freeze()  # as the daemon freezes its loaded state (`syncd.tuning`)
     rnd = random.Random(1)
     keys = [(f"SKU-{rnd.randrange(args.skus):06d}", rnd.choice(LOCS[1:]))
             for _ in range(args.reads)]

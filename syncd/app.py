@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.base import Connector, ConnectorContext
 
-from . import gctune
+from . import tuning
 from .api import build_app
 from .config import Config, ConfigError, load_config, split_host_port
 from .engine import Engine, EngineStopped
@@ -66,11 +66,11 @@ class Daemon:
         config_path: str | None = None,
         registry: CollectorRegistry | None = None,
         notifier: Notifier | None = None,
-        tune_gc: bool = False,
+        tune: bool = False,
     ) -> None:
-        """`tune_gc`: apply `syncd.gctune` (the `syncd run` process; not in-process tests)."""
+        """`tune`: apply `syncd.tuning` (the `syncd run` process; not in-process tests)."""
         self.config = config
-        self.tune_gc = tune_gc
+        self.tune = tune
         self.config_path = config_path
         self.metrics = Metrics(registry)
         self.notifier = notifier if notifier is not None else Notifier.from_env()
@@ -129,11 +129,11 @@ class Daemon:
         await upgrade(self.db)
         ledger_cfg = cfg.ledger_config()
         self.engine = Engine(self.db, ledger_cfg, self.metrics)
-        if self.tune_gc:
-            gctune.tune()
+        if self.tune:
+            tuning.tune()
         await self.engine.start()
-        if self.tune_gc:
-            gctune.freeze_loaded_state()
+        if self.tune:
+            tuning.freeze_loaded_state()
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         for name, spec in cfg.connectors.items():
             ctx = ConnectorContext(

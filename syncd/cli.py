@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     redactor = setup_logging(cfg.daemon.log_level)
     redactor.add(secret_values(cfg))
-    return asyncio.run(Daemon(cfg, config_path=args.config, tune_gc=True).run())
+    return asyncio.run(Daemon(cfg, config_path=args.config, tune=True).run())
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

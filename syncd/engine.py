@@ -83,6 +83,21 @@ class _Work:
     inbound: Inbound | None = None
 
 
+@dataclass(slots=True)
+class _Committed:
+    """A committed batch whose figures and acknowledgements are still owed (`Engine._finish`)."""
+
+    works: list[_Work]
+    verdicts: list[list[Verdict]]
+    changes: Changes
+    drift: dict[OKey, int]
+    seqs: dict[tuple[str, str], int]
+    counted: Counter[tuple[str, EventType, Outcome]]
+    dead: list[DeadLetter]
+    now: int
+    started: float
+
+
 class Engine:
     def __init__(
         self,
@@ -216,6 +231,7 @@ class Engine:
     _recompute_pending = False
     _uncommitted = False  # memory holds effects of a batch not committed (nor reloaded) yet
     _stopping = False  # `stop()` drained the queue: the writer task ends between batches
+    _deferred: _Committed | None = None  # committed; its sources hear in the next batch
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -257,6 +273,12 @@ class Engine:
     # -- the loop -------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:  # a committed batch whose sources were not told yet (a stop): tell them now
+            await self._finish_deferred()
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         self._next_sweep = loop.time() + self.sweep_every
         backoff = 0.05
@@ -274,6 +296,7 @@ class Engine:
                 await self._abandon(works)
                 raise
             except Exception as exc:
+                await self._finish_deferred()  # the batch before this one did commit
                 self.metrics.db_errors.inc()
                 self.metrics.db_up.set(0)
                 self.db_ok = False
@@ -362,7 +385,18 @@ class Engine:
                     if ident not in seen:
                         seen.add(ident)
                         claim.append(repo.event_row(ev, now, _APPLIED, ""))
-            fresh, first_id = await repo.claim_events(conn, claim)
+            claiming = await repo.submit_claim(conn, claim)
+            try:
+                if self._deferred is not None:
+                    # the previous batch's figures and acknowledgements, while the database
+                    # thread inserts this batch's ledger rows (its statements reach that thread
+                    # at the first turn of the loop)
+                    await asyncio.sleep(0)
+                    await self._finish_deferred()
+                fresh, first_id = await claiming
+            except BaseException:
+                claiming.cancel()  # a stop that gave up: the rollback follows its statements
+                raise
             await self._prefetch(conn, [ev for w in works for ev in w.events])
             for w in works:
                 out: list[Verdict] = []
@@ -425,9 +459,23 @@ class Engine:
         self._uncommitted = False
         self.checkpoint.written(checkpointed)
         self._flushed = (set(), set())
-        self._after_commit(works, verdicts, changes, drift, seqs, counted, dead, now)
-        elapsed = time.perf_counter() - started
-        self.metrics.batch_apply.observe(elapsed)
+        done = _Committed(works, verdicts, changes, drift, seqs, counted, dead, now, started)
+        if self._stopping or self.queue.empty():
+            await self._finish(done)
+        else:  # finished while the next batch's ledger rows go in (`_process`)
+            self._deferred = done
+
+    async def _finish_deferred(self) -> None:
+        done, self._deferred = self._deferred, None
+        if done is not None:
+            await self._finish(done)
+
+    async def _finish(self, done: _Committed) -> None:
+        """After a batch's commit: publish its figures, wake the pushers, tell its sources."""
+        works = done.works
+        self._after_commit(works, done.verdicts, done.changes, done.drift, done.seqs,
+                           done.counted, done.dead, done.now)
+        self.metrics.batch_apply.observe(time.perf_counter() - done.started)
         self.metrics.batch_size.observe(sum(len(w.events) for w in works))
         self.batches += 1
         if not self.db_ok:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from syncd.app import Daemon
 from syncd.config import parse_config
-from syncd.gctune import GEN0_THRESHOLD
 from syncd.model import Event, EventType
 from syncd.sdnotify import Notifier
+from syncd.tuning import GEN0_THRESHOLD, SWITCH_INTERVAL
 from tests.servers import free_port
 
 TOKEN = "test-token-5f1c9e"
@@ -210,17 +211,20 @@ async def test_metrics_are_exposed_with_bounded_labels(api: Api) -> None:
 async def test_the_run_process_tunes_the_collector_around_the_loaded_state(
     tmp_path: Path,
 ) -> None:
-    """`syncd run` (tune_gc) raises the young-generation threshold before the engine loads its
-    state and freezes that state afterwards; the daemon works as before."""
+    """`syncd run` (tune) raises the young-generation threshold before the engine loads its
+    state and freezes that state afterwards, and shortens the GIL's switch interval; the daemon
+    works as before."""
     before = gc.get_threshold()
+    switch = sys.getswitchinterval()
     port = free_port()
     cfg = parse_config(config_text(tmp_path, port), environ={"SYNCD_API_TOKEN": TOKEN})
-    daemon = Daemon(cfg, registry=CollectorRegistry(), notifier=Notifier(None), tune_gc=True)
+    daemon = Daemon(cfg, registry=CollectorRegistry(), notifier=Notifier(None), tune=True)
     gc.unfreeze()
     try:
         await daemon.start()
         assert gc.get_threshold()[0] == GEN0_THRESHOLD
         assert gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == SWITCH_INTERVAL != switch
         engine = daemon.require_engine()
         await engine.apply([Event("backoffice", "c1", EventType.COUNT, "A", 5, 1, "paris")])
         assert engine.ledger.levels[("A", "paris")].on_hand == 5
@@ -228,3 +232,4 @@ async def test_the_run_process_tunes_the_collector_around_the_loaded_state(
         await daemon.shutdown()
         gc.unfreeze()
         gc.set_threshold(*before)
+        sys.setswitchinterval(switch)

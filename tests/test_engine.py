@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Connection, event
 
 from connectors.base import DeadLetter, Inbound
 from syncd.engine import CommitFailed
 from syncd.ledger import replay
-from syncd.model import EventType, Outcome, ReservationState
+from syncd.model import Event, EventType, Outcome, ReservationState
 from syncd.store import open_engine, sqlite_url
 from syncd.store import repository as repo
 from tests.core import FAR, SEC, T0, db_url, ev, retailer, running_engine, until
@@ -255,6 +256,45 @@ async def test_a_clean_stop_during_a_periodic_commit_still_writes_the_level_chec
     assert db.execute("SELECT on_hand FROM levels WHERE sku = 'SKU-1' AND location = 'paris'"
                       ).fetchall() == [(5,)]
     db.close()
+
+
+@pytest.mark.parametrize("fault", ["begin", "insert"])
+async def test_a_batch_is_acknowledged_first_even_when_the_next_one_fails(
+    tmp_path: Path, fault: str
+) -> None:
+    """With work queued behind it, a committed batch's sources hear while the next batch's
+    ledger rows go in (`Engine._process`). They still hear before that batch's sources, and
+    they hear when that batch fails: when its transaction cannot begin (the database refuses
+    its second BEGIN) or when its insert is refused (a trigger refuses its row)."""
+    async with running_engine(sqlite_url(tmp_path), max_batch=1, sweep_every=3600.0) as engine:
+        begins = 0
+        if fault == "begin":
+            @event.listens_for(engine.db.sync_engine, "begin")
+            def _refuse_the_second(conn: Connection) -> None:
+                nonlocal begins
+                begins += 1
+                if begins == 2:
+                    raise sqlite3.OperationalError("injected: disk I/O error")
+        else:
+            async with engine.db.begin() as conn:
+                await conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse_b BEFORE INSERT ON events "
+                    "WHEN NEW.event_id = 'b' BEGIN SELECT RAISE(ABORT, 'injected'); END")
+        heard: list[str] = []
+
+        def delivery(name: str, event: Event) -> Inbound:
+            return Inbound([event], on_commit=lambda: heard.append(name),
+                           on_failure=lambda exc: heard.append(f"{name} refused"))
+
+        # queued together, before the engine runs: one batch each (max_batch=1)
+        await engine.submit(delivery("a", ev(E.COUNT, qty=5, event_id="a")))
+        await engine.submit(delivery("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")))
+        await engine.submit(delivery("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c")))
+        await until(lambda: len(heard) == 3)
+        assert heard == ["a", "b refused", "c"]
+        assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 3
+        async with engine.db.connect() as conn:
+            assert [row[0].event_id for row in await repo.iter_events(conn)] == ["a", "c"]
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
