@@ -6,7 +6,7 @@ figures) instead of awaiting one and then doing the other. This measures what th
 give before building it: per batch of 1,972 ledger rows (34 blocks of 58: about the engine's
 batch of 2,000),
 
-- *database*: the rows inserted as the engine does (`INSERT` of 58-row `VALUES` blocks through
+- *database*: the rows inserted as the engine did (`INSERT` of 58-row `VALUES` blocks through
   `executemany`, in one transaction, WAL, `synchronous=NORMAL`) and committed;
 - *Python*: 24,000 reads at random keys of a 200,000-entry dict (the memory-bound profile of the
   engine's per-event path: `BENCHMARKS.md`, "Where the time goes");
@@ -19,10 +19,15 @@ batch of 2,000),
   Also reported: the sender's CPU per batch in that mode (the Python work plus the hand-over).
 
 If both halves ran at once, an overlap would cost max(database, Python). The sqlite3 module
-releases the GIL only inside SQLite's own calls; binding parameters and building rows need it,
-so a thread cannot give that; a process has its own GIL but costs the hand-over.
+releases the GIL only inside SQLite's own calls (one `sqlite3_step` per statement); binding
+parameters and building rows need it. With 58-row blocks that is 34 hand-overs of the GIL a
+batch, and a thread that waits for the GIL gets it only after the switch interval (5 ms by
+default): the thread gives nothing. With `--block 1000` a batch is two statements, and with
+`--switch 0.001` the thread gets the GIL back sooner: the engine's settings since its ledger
+claim runs beside the batch before (`syncd.tuning`, `repository.submit_claim`). A process has
+its own GIL but costs the hand-over.
 
-    python bench/db_overlap.py [--batches 20] [--rounds 5]
+    python bench/db_overlap.py [--batches 20] [--rounds 5] [--block 58] [--switch 0.005]
 """
 
 from __future__ import annotations
@@ -47,13 +52,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine
 
 ROWS = 2000  # a batch
-BLOCK = 58  # rows per VALUES block: 999 bound parameters / 17 columns, as the engine's claim
 COLS = 17
 READS = 24_000
 ONE = "(" + ", ".join("?" * COLS) + ")"
-INSERT = (f"INSERT INTO events ({', '.join(f'c{i}' for i in range(COLS))}) "
-          f"VALUES {', '.join([ONE] * BLOCK)} "
-          "ON CONFLICT (c0, c1) DO NOTHING")
+
+
+def insert(block: int) -> str:
+    """The insert of `block` rows in one multi-row VALUES statement."""
+    return (f"INSERT INTO events ({', '.join(f'c{i}' for i in range(COLS))}) "
+            f"VALUES {', '.join([ONE] * block)} "
+            "ON CONFLICT (c0, c1) DO NOTHING")
 
 
 def open_db(path: Path) -> sqlite3.Connection:
@@ -65,34 +73,36 @@ def open_db(path: Path) -> sqlite3.Connection:
     return con
 
 
-def batches(n: int, seed: int) -> list[list[tuple[object, ...]]]:
+def batches(n: int, seed: int, block: int) -> list[list[tuple[object, ...]]]:
     rnd = random.Random(seed)
     return [[tuple(f"{seed}-{b}-{i}" if c == 1 else (rnd.randrange(10**9) if c % 3 == 2
                                                       else f"v{rnd.randrange(20000):06d}")
-                   for c in range(COLS)) for i in range(ROWS - ROWS % BLOCK)]
+                   for c in range(COLS)) for i in range(ROWS - ROWS % block)]
             for b in range(n)]
 
 
-def write(con: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+def write(con: sqlite3.Connection, rows: list[tuple[object, ...]], block: int) -> None:
     con.execute("BEGIN")
-    con.executemany(INSERT, [tuple(chain.from_iterable(rows[i : i + BLOCK]))
-                             for i in range(0, len(rows), BLOCK)])
+    con.executemany(insert(block), [tuple(chain.from_iterable(rows[i : i + block]))
+                                    for i in range(0, len(rows), block)])
     con.execute("COMMIT")
 
 
 def writer(pipe: Connection) -> None:
-    """The writer process: `("open", path)`, then batches of rows (each answered with its row
-    count once committed), then None."""
+    """The writer process: `("open", path, block)`, then batches of rows (each answered with
+    its row count once committed), then None."""
     con: sqlite3.Connection | None = None
+    block = 1
     while (msg := pipe.recv()) is not None:
         if isinstance(msg, tuple):
             if con is not None:
                 con.close()
             con = open_db(Path(msg[1]))
+            block = msg[2]
             pipe.send(0)
             continue
         assert con is not None
-        write(con, msg)
+        write(con, msg, block)
         pipe.send(len(msg))
     if con is not None:
         con.close()
@@ -115,8 +125,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=58,
+                    help="rows per VALUES statement (58: 999 parameters / 17 columns)")
+    ap.add_argument("--switch", type=float, default=sys.getswitchinterval(),
+                    help="the GIL's switch interval, seconds")
     args = ap.parse_args()
+    block = args.block
+    sys.setswitchinterval(args.switch)
     print(machine())
+    print(f"blocks of {block} rows ({ROWS // block} statements a batch), "
+          f"switch interval {args.switch * 1e3:g} ms")
     read = reader(200_000)
     rnd = random.Random(1)
     names = ["database", "python", "serial", "thread", "process"]
@@ -129,7 +147,7 @@ def main() -> None:
     proc.start()
     with tempfile.TemporaryDirectory() as d, ThreadPoolExecutor(1) as worker:
         for r in range(args.rounds):
-            work = batches(len(names) * args.batches, seed=r)
+            work = batches(len(names) * args.batches, seed=r, block=block)
             order = list(names)
             rnd.shuffle(order)  # no measure always runs first (a cold cache, a warm one)
             for i, name in enumerate(order):
@@ -139,19 +157,19 @@ def main() -> None:
                 if name == "process":
                     con.close()
                     path.unlink()
-                    ours.send(("open", str(path)))
+                    ours.send(("open", str(path), block))
                     ours.recv()
                 t0, c0 = time.perf_counter(), time.thread_time()
                 for b in rows:
                     if name == "database":
-                        write(con, b)
+                        write(con, b, block)
                     elif name == "python":
                         read(rnd)
                     elif name == "serial":
-                        write(con, b)
+                        write(con, b, block)
                         read(rnd)
                     elif name == "thread":
-                        fut = worker.submit(write, con, b)
+                        fut = worker.submit(write, con, b, block)
                         read(rnd)
                         fut.result()
                     else:
@@ -171,7 +189,7 @@ def main() -> None:
     for k, v in ms.items():
         print(f"{k:9s} median {med[k]:6.2f} ms a batch   ({', '.join(f'{x:.2f}' for x in v)})")
     cpu = statistics.median(sender_cpu)
-    sample = batches(1, seed=-1)[0]
+    sample = batches(1, seed=-1, block=block)[0]
     pickling = []
     for _ in range(20):
         t0 = time.thread_time()

@@ -171,8 +171,9 @@ async def _write_tuples(
 
 # Rows per multi-row VALUES statement on SQLite, largest first: runs of rows go in blocks of up to
 # `_BIG_ROWS` (as many as the library binds), the rest in blocks of `_BLOCK`, the last few one by
-# one. A 1,000-row statement inserts a ledger row 16 % cheaper than 64-row blocks
-# (`bench/sqlite_blocks.py`), and it is one step of sqlite3, which releases the GIL for it.
+# one. A block is one `sqlite3_step`, during which sqlite3 releases the GIL: a batch of 2,000
+# ledger rows is two hand-overs of the GIL instead of 32, which is what lets the claim run on
+# aiosqlite's thread beside the event loop (`submit_claim`; `bench/db_overlap.py --block`).
 _BIG_ROWS = 1000
 _BLOCK = 64
 _MULTI: dict[tuple[str, str, int], str] = {}
