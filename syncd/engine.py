@@ -65,6 +65,7 @@ _OK = Outcome.APPLIED  # enum members read once (a class lookup is a descriptor 
 _ORDER = EventType.ORDER
 _CHANNEL_LEVEL = EventType.CHANNEL_LEVEL
 _SKU = itemgetter(1)  # of an outbox key (channel, sku, location)
+_SLICE = 1000  # rows built at a time while SQLite writes the slice before (`repo.Queued`)
 
 
 def now_micros() -> int:
@@ -443,9 +444,7 @@ class Engine:
                 conn, [repo.reservation_row(r) for r in changes.reservations.values()]
             )
             if flush:
-                whole, desired = self._outbox_rows(desired=flush_desired)
-                await repo.upsert_outbox(conn, whole)
-                await repo.upsert_outbox_desired(conn, desired)
+                await self._write_outbox(conn, *self._outbox_keys(desired=flush_desired))
             await repo.insert_dead_letters(conn, [
                 {"connector": d.connector, "origin": d.origin[:255], "reason": d.reason,
                  "payload": d.payload, "received_at": now}
@@ -495,10 +494,17 @@ class Engine:
             return 0
         next_id = await repo.next_event_id(conn)
         levels = self.ledger.levels
-        await repo.upsert_levels(conn, [
-            repo.level_row(key[0], key[1], lvl, next_id - 1)
-            for key in due if (lvl := levels.get(key)) is not None
-        ])
+        queued = repo.Queued(conn)  # each slice is written while the next one is built
+        try:
+            for i in range(0, len(due), _SLICE):
+                await repo.upsert_levels(conn, [
+                    repo.level_row(key[0], key[1], lvl, next_id - 1)
+                    for key in due[i : i + _SLICE] if (lvl := levels.get(key)) is not None
+                ], queued)
+            await queued.wait()
+        except BaseException:
+            queued.cancel()
+            raise
         await repo.set_replay_from(conn, cp.replay_from(len(due), next_id))
         return len(due)
 
@@ -562,12 +568,10 @@ class Engine:
                 keys.update(self.ledger.levels)
         return self.outbox.publish(self.figures.moved(keys, now), now)
 
-    def _outbox_rows(
-        self, desired: bool = True
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The outbox rows changed since the last flush: whole rows where the pushed side
-        changed or a pusher took the row (`repo.outbox_row`), and with `desired` the desired
-        side of the others (`repo.outbox_desired_row`).
+    def _outbox_keys(self, desired: bool = True) -> tuple[list[OKey], list[OKey]]:
+        """The outbox rows changed since the last flush, to write (`_write_outbox`): whole
+        rows where the pushed side changed or a pusher took the row, and with `desired` the
+        desired side of the others.
 
         The pushed side says what each channel was last given: it is written every
         `outbox_flush_every` seconds (a crash before that costs pushes made again), and so is a
@@ -576,11 +580,26 @@ class Engine:
         seconds, as the level checkpoint rotates: the longer the interval, the more moves of one
         figure a write covers (docs/decisions.md)."""
         whole, moved = self._flushed = self.outbox.take_unwritten(desired)
-        rows = self.outbox.rows
         # by SKU, the middle of the key: neighbouring rows share B-tree pages (SQLite: half the
         # time per row), and one string compares 2.5 times faster than the key tuple
-        return ([repo.outbox_row(key, rows[key]) for key in sorted(whole, key=_SKU)],
-                [repo.outbox_desired_row(key, rows[key]) for key in sorted(moved, key=_SKU)])
+        return sorted(whole, key=_SKU), sorted(moved, key=_SKU)
+
+    async def _write_outbox(self, conn: Any, whole: list[OKey], desired: list[OKey]) -> None:
+        """Write whole rows (`repo.outbox_row`) and desired sides (`repo.outbox_desired_row`),
+        each slice of the latter written while the next one is built. Only the engine changes
+        a desired side, so a pusher that runs meanwhile changes none of them."""
+        rows = self.outbox.rows
+        await repo.upsert_outbox(conn, [repo.outbox_row(key, rows[key]) for key in whole])
+        queued = repo.Queued(conn)
+        try:
+            for i in range(0, len(desired), _SLICE):
+                await repo.upsert_outbox_desired(conn, [
+                    repo.outbox_desired_row(key, rows[key]) for key in desired[i : i + _SLICE]
+                ], queued)
+            await queued.wait()
+        except BaseException:
+            queued.cancel()
+            raise
 
     # the (whole, desired-side) keys of the last flush, put back if its commit fails
     _flushed: tuple[set[OKey], set[OKey]] = (set(), set())
@@ -675,11 +694,10 @@ class Engine:
         await self._persist_only()
 
     async def _persist_only(self) -> None:
-        whole, desired = self._outbox_rows()
+        whole, desired = self._outbox_keys()
         for i in range(0, max(len(whole), len(desired)), 20_000):
             async with self.db.begin() as conn:
-                await repo.upsert_outbox(conn, whole[i : i + 20_000])
-                await repo.upsert_outbox_desired(conn, desired[i : i + 20_000])
+                await self._write_outbox(conn, whole[i : i + 20_000], desired[i : i + 20_000])
 
     # -- failure --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from syncd.model import Event, EventType
+from syncd.model import Event, EventType, Level
 from syncd.store import open_engine, upgrade
 from syncd.store import repository as repo
 from syncd.store._nulls import split_nulls
@@ -112,6 +112,45 @@ async def test_a_refused_block_fails_the_whole_claim(db_url: str) -> None:
         assert unretrieved == []
         async with db.connect() as conn:
             assert await repo.iter_events(conn) == []
+    finally:
+        loop.set_exception_handler(None)
+        await db.dispose()
+
+
+async def test_queued_writes_fail_together_and_roll_back(db_url: str) -> None:
+    """Level rows written slice by slice through `Queued` (SQLite: each slice queued on
+    aiosqlite's thread while the next is built; PostgreSQL: written as added). Good slices are
+    all written; when two slices hold a refused row (no on-hand), the write raises once every
+    statement is done, no task is left with an error nobody retrieved, and the rollback keeps
+    the rows as they were."""
+    db = open_engine(db_url)
+    await upgrade(db)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    lvl = Level(on_hand=3)
+    rows = [repo.level_row(f"S{i:04d}", "paris", lvl, 7) for i in range(2500)]
+
+    async def write(rows: list[tuple[Any, ...]]) -> None:
+        async with db.begin() as conn:
+            queued = repo.Queued(conn)
+            for i in range(0, len(rows), 1000):
+                await repo.upsert_levels(conn, rows[i : i + 1000], queued)
+            await queued.wait()
+
+    try:
+        await write(rows)
+        bad = [(*r[:2], None, *r[3:]) if i in (1500, 2400) else (*r[:2], 5, *r[3:])
+               for i, r in enumerate(rows)]
+        with pytest.raises((IntegrityError, sqlite3.IntegrityError)):
+            await write(bad)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+        async with db.connect() as conn:
+            stored = (await conn.execute(text(
+                "SELECT count(*), min(on_hand), max(on_hand) FROM levels"))).one()
+        assert tuple(stored) == (2500, 3, 3)
     finally:
         loop.set_exception_handler(None)
         await db.dispose()

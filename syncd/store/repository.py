@@ -245,6 +245,42 @@ async def _rows_changed(driver: aiosqlite.Connection, sql: str,
         await cursor.close()
 
 
+class Queued:
+    """SQLite writes queued on aiosqlite's thread, in order, while the caller goes on (builds
+    the next rows: sqlite3 releases the GIL while a block steps); `wait` awaits them all, and
+    raises the first failure once every one is done. Nothing else may use the connection
+    before `wait` returns. On PostgreSQL a write runs when it is added."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.tasks: list[asyncio.Future[int]] = []
+
+    async def many(self, sql: str, ncols: int, rows: Sequence[tuple[Any, ...]],
+                   one: str | None = None) -> None:
+        """Queue `_sqlite_statements(sql, ncols, rows, one)`; they reach aiosqlite's thread
+        before this returns."""
+        if not rows:
+            return
+        driver = await _aiosqlite(self.conn)
+        self.tasks.extend(asyncio.ensure_future(_rows_changed(driver, statement, params))
+                          for statement, params in _sqlite_statements(sql, ncols, rows, one))
+        await asyncio.sleep(0)  # the tasks' first step queues their statements
+
+    async def wait(self) -> int:
+        """The rows changed by every queued statement."""
+        tasks, self.tasks = self.tasks, []
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return sum([await task for task in tasks])
+
+    def cancel(self) -> None:
+        """The caller gives up (its transaction rolls back after the queued statements)."""
+        for task in self.tasks:
+            task.cancel()
+
+
 async def upsert(
     conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> None:
@@ -456,9 +492,15 @@ def level_row(sku: str, location: str, lvl: Level, as_of: int) -> tuple[Any, ...
             encode_tail(lvl.tail), lvl.version, as_of)
 
 
-async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+async def upsert_levels(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]],
+                        queued: Queued | None = None) -> None:
+    """Write level rows (`level_row`); on SQLite, with `queued`, queue them there."""
     # NULLs bound, not split: a level row has one or two (`floor`, and `watermark` before the
     # first count), and splitting costs more than binding them (docs/decisions.md)
+    if queued is not None and conn.dialect.name == "sqlite":
+        await queued.many(_compiled_in_order(conn, levels, LEVEL_COLS, ("sku", "location")),
+                          len(LEVEL_COLS), rows)
+        return
     await _write_tuples(conn, levels, LEVEL_COLS, ("sku", "location"), rows)
 
 
@@ -665,9 +707,11 @@ def outbox_desired_row(key: tuple[str, str, str], row: OutboxRow) -> tuple[Any, 
     return (key[0], key[1], key[2], row.desired, row.version, row.committed_at)
 
 
-async def upsert_outbox_desired(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+async def upsert_outbox_desired(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]],
+                                queued: Queued | None = None) -> None:
     """Write new desired values of rows whose pushed side has not changed since they were last
-    written (`outbox_desired_row`): six values a row, none of them NULL, instead of thirteen."""
+    written (`outbox_desired_row`): six values a row, none of them NULL, instead of thirteen.
+    On SQLite, with `queued`, queue them there."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
@@ -675,6 +719,9 @@ async def upsert_outbox_desired(conn: AsyncConnection, rows: Sequence[tuple[Any,
         await conn.exec_driver_sql(_UPSERT_DESIRED.format(one), list(rows))
         return
     one = _DESIRED_VALUES.format("?, ?, ?, ?, ?, ?")
+    if queued is not None:
+        await queued.many(_UPSERT_DESIRED.format(one), len(OUTBOX_DESIRED_COLS), rows, one)
+        return
     await _sqlite_many(conn, _UPSERT_DESIRED.format(one), len(OUTBOX_DESIRED_COLS), rows, one)
 
 
