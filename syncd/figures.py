@@ -66,21 +66,19 @@ class Figures:
             return availability.channel_figures(ch, avails, foreign, on_hand, only=only)
         return availability.channel_figures(ch, avails, only=only)
 
-    def _avail(self, sku: str, loc: str, now: int) -> int:
-        """`Ledger.avail` for a location of the configuration, with its safety stock indexed
-        (the per-figure path of every batch)."""
-        ledger = self.ledger
-        key = (sku, loc)
-        lvl = ledger.levels.get(key)
-        reserved = ledger.reserved(sku, loc, now) if key in ledger.open else 0
-        return availability.avail(lvl.on_hand if lvl is not None else 0, reserved,
-                                  self.safety[loc])
-
     def _pooled(self, ch: Channel, sku: str, now: int) -> int:
         """A pooled channel's one figure for `sku`, from all of its locations."""
+        ledger = self.ledger
+        levels, opened, safety = ledger.levels, ledger.open, self.safety
         total = 0
         for loc in ch.sells_from:
-            a = self._avail(sku, loc, now)
+            key = (sku, loc)
+            lvl = levels.get(key)
+            # `availability.avail`, inlined on the per-figure path (a call costs more than the
+            # arithmetic): on-hand - reserved - safety stock
+            a = (lvl.on_hand if lvl is not None else 0) - safety[loc]
+            if key in opened:
+                a -= ledger.reserved(sku, loc, now)
             if a > 0:
                 total += a
         return availability.published(total, ch.allocation, ch.safety_stock, ch.max_quantity)
@@ -92,14 +90,20 @@ class Figures:
 
         The per-figure path of every batch: a per-location figure from its one location, a
         pooled channel's figure once per SKU, other kinds for the locations that moved."""
-        avail = self._avail
+        ledger = self.ledger
+        levels, opened, safety = ledger.levels, ledger.open, self.safety
         direct, combined, pooled_names = self.direct, self.combined, self.pooled
         pooled: set[tuple[str, str]] = set()  # (sku, channel) of pooled channels
         touched: dict[tuple[str, str], set[str]] = {}  # (sku, channel) -> moved locations
-        for sku, loc in keys:
+        for key in keys:
+            sku, loc = key
             simple = direct.get(loc)
             if simple:
-                a = avail(sku, loc, now)
+                lvl = levels.get(key)
+                # `availability.avail`, inlined as in `_pooled`
+                a = (lvl.on_hand if lvl is not None else 0) - safety[loc]
+                if key in opened:
+                    a -= ledger.reserved(sku, loc, now)
                 for ch_name, remote, cap in simple:
                     yield (ch_name, sku, remote), (a if a < cap else cap) if a > 0 else 0
             chans = combined.get(loc)

@@ -102,7 +102,7 @@ class Outbox:
             elif row.desired == desired:
                 continue
             else:
-                if row.pending:  # not pushed yet: this value replaces it
+                if row.pushed_version != row.version:  # pending: this value replaces it
                     coalesced[key[0]] += 1
                 row.desired = desired
                 row.version += 1
