@@ -96,7 +96,6 @@ class _Committed:
     counted: Counter[tuple[str, EventType, Outcome]]
     dead: list[DeadLetter]
     now: int
-    started: float
 
 
 class Engine:
@@ -194,7 +193,7 @@ class Engine:
             self._poke.set()
             # `wait` neither cancels the task on timeout nor raises what ended it
             await asyncio.wait({self._task}, timeout=max(0.0, deadline - loop.time()))
-        self._task.cancel()
+        self._task.cancel()  # cancelled, it still tells a committed batch's sources
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
@@ -294,10 +293,17 @@ class Engine:
                 await self._process(works)
                 backoff = 0.05
             except asyncio.CancelledError:  # a stop gave up waiting for this batch
-                await self._abandon(works)
+                try:
+                    await self._finish_deferred()  # the batch before this one did commit
+                finally:
+                    await self._abandon(works)
                 raise
             except Exception as exc:
-                await self._finish_deferred()  # the batch before this one did commit
+                try:
+                    await self._finish_deferred()  # the batch before this one did commit
+                except asyncio.CancelledError:
+                    await self._abandon(works)
+                    raise
                 self.metrics.db_errors.inc()
                 self.metrics.db_up.set(0)
                 self.db_ok = False
@@ -396,7 +402,7 @@ class Engine:
                     await self._finish_deferred()
                 fresh, first_id = await claiming
             except BaseException:
-                claiming.cancel()  # a stop that gave up: the rollback follows its statements
+                await repo.settle([claiming])  # its statements end before the rollback
                 raise
             await self._prefetch(conn, [ev for w in works for ev in w.events])
             for w in works:
@@ -458,7 +464,9 @@ class Engine:
         self._uncommitted = False
         self.checkpoint.written(checkpointed)
         self._flushed = (set(), set())
-        done = _Committed(works, verdicts, changes, drift, seqs, counted, dead, now, started)
+        self.metrics.batch_apply.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(sum(len(w.events) for w in works))
+        done = _Committed(works, verdicts, changes, drift, seqs, counted, dead, now)
         if self._stopping or self.queue.empty():
             await self._finish(done)
         else:  # finished while the next batch's ledger rows go in (`_process`)
@@ -470,12 +478,19 @@ class Engine:
             await self._finish(done)
 
     async def _finish(self, done: _Committed) -> None:
-        """After a batch's commit: publish its figures, wake the pushers, tell its sources."""
+        """After a batch's commit: publish its figures, wake the pushers, tell its sources.
+        The batch is committed whatever happens here: a failure (a bug) is logged, every
+        figure is recomputed with the next batch, and its sources are told all the same."""
         works = done.works
-        self._after_commit(works, done.verdicts, done.changes, done.drift, done.seqs,
-                           done.counted, done.dead, done.now)
-        self.metrics.batch_apply.observe(time.perf_counter() - done.started)
-        self.metrics.batch_size.observe(sum(len(w.events) for w in works))
+        try:
+            self._after_commit(works, done.verdicts, done.changes, done.drift, done.seqs,
+                               done.counted, done.dead, done.now)
+        except Exception:
+            log.exception("after the commit of a batch; its sources are told all the same")
+            self._recompute_pending = True
+            for w, out in zip(works, done.verdicts, strict=False):
+                if w.future is not None and not w.future.done():
+                    w.future.set_result(out)
         self.batches += 1
         if not self.db_ok:
             log.info("database writes succeed again")
@@ -503,7 +518,7 @@ class Engine:
                 ], queued)
             await queued.wait()
         except BaseException:
-            queued.cancel()
+            await queued.abandon()
             raise
         await repo.set_replay_from(conn, cp.replay_from(len(due), next_id))
         return len(due)
@@ -557,8 +572,8 @@ class Engine:
     def _publish_figures(self, changes: Changes, now: int) -> set[str]:
         """Recompute the figures a committed batch moved into the outbox (every figure after a
         reconfiguration); returns the channels with new work. Done after the commit, from the
-        state it made durable (the writer task holds no other batch meanwhile), so a pusher never
-        sees an uncommitted value."""
+        state it made durable (the next batch's rules have not run yet: `_finish`), so a pusher
+        never sees an uncommitted value."""
         keys: Iterable[tuple[str, str]] = changes.levels
         if changes.reservations or self._recompute_pending:
             keys = set(changes.levels)
@@ -598,7 +613,7 @@ class Engine:
                 ], queued)
             await queued.wait()
         except BaseException:
-            queued.cancel()
+            await queued.abandon()
             raise
 
     # the (whole, desired-side) keys of the last flush, put back if its commit fails

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, event
+from sqlalchemy.util.concurrency import await_
 
 from connectors.base import DeadLetter, Inbound
 from syncd.engine import CommitFailed
@@ -295,6 +296,35 @@ async def test_a_batch_is_acknowledged_first_even_when_the_next_one_fails(
         assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 3
         async with engine.db.connect() as conn:
             assert [row[0].event_id for row in await repo.iter_events(conn)] == ["a", "c"]
+
+
+async def test_a_stop_that_gives_up_tells_the_committed_batch_first(tmp_path: Path) -> None:
+    """A batch committed with work queued behind it is finished during the next batch. When
+    that next batch hangs (the database does not answer its BEGIN) and the stop gives up on
+    it, the committed batch's sources are still told, before the cut-short batch's and the
+    never-taken one's are refused."""
+    async with running_engine(sqlite_url(tmp_path), max_batch=1, sweep_every=3600.0) as engine:
+        begins = 0
+
+        @event.listens_for(engine.db.sync_engine, "begin")
+        def _hang_the_second(conn: Connection) -> None:
+            nonlocal begins
+            begins += 1
+            if begins == 2:
+                await_(asyncio.sleep(3600))
+
+        heard: list[str] = []
+
+        def delivery(name: str, event: Event) -> Inbound:
+            return Inbound([event], on_commit=lambda: heard.append(name),
+                           on_failure=lambda exc: heard.append(f"{name} refused"))
+
+        await engine.submit(delivery("a", ev(E.COUNT, qty=5, event_id="a")))
+        await engine.submit(delivery("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")))
+        await engine.submit(delivery("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c")))
+        await until(lambda: begins == 2)
+        await engine.stop(within=0.2)
+        assert heard == ["a", "b refused", "c refused"]
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:

@@ -236,13 +236,29 @@ async def _sqlite_many(
 async def _rows_changed(driver: aiosqlite.Connection, sql: str,
                         params: list[tuple[Any, ...]]) -> int:
     """`executemany` on aiosqlite's thread; the rows it changed. The cursor is closed on that
-    thread too: one dropped on the event loop's thread resets its cached statement there, which
-    races with the thread running the next statement of the same SQL (SQLITE_MISUSE)."""
+    thread too, also when the caller gives up (the statement is queued and runs anyway): one
+    freed on the event loop's thread resets its cached statement there, which races with the
+    thread running the same SQL again (SQLITE_MISUSE)."""
+    return await asyncio.shield(_executed(driver, sql, params))
+
+
+async def _executed(driver: aiosqlite.Connection, sql: str,
+                    params: list[tuple[Any, ...]]) -> int:
     cursor = await driver.executemany(sql, params)
     try:
         return int(cursor.rowcount)
     finally:
         await cursor.close()
+
+
+async def settle(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel what is still pending of `tasks` and wait until every one is done, errors
+    retrieved: a caller that gives up on queued statements lets them end before its rollback
+    (asyncpg refuses a rollback while a query of the connection is still running)."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Queued:
@@ -275,10 +291,10 @@ class Queued:
                 raise outcome
         return sum([await task for task in tasks])
 
-    def cancel(self) -> None:
-        """The caller gives up (its transaction rolls back after the queued statements)."""
-        for task in self.tasks:
-            task.cancel()
+    async def abandon(self) -> None:
+        """The caller gives up: the queued statements end (`settle`) before its rollback."""
+        tasks, self.tasks = self.tasks, []
+        await settle(tasks)
 
 
 async def upsert(
@@ -345,7 +361,7 @@ async def submit_claim(
     conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]
 ) -> asyncio.Task[Claimed]:
     """Send the ledger rows' insert to the database; returns the task that answers as
-    `claim_events` does (a caller that gives up cancels it).
+    `claim_events` does (a caller that gives up hands it to `settle`).
 
     The insert (`ON CONFLICT DO NOTHING` on the unique key) both deduplicates against the whole
     ledger (rule 1) and writes the rows; the caller then fixes the outcomes of the few that were
