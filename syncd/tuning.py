@@ -18,8 +18,8 @@ loop finishes the batch before it (`Engine._process`). sqlite3 releases the GIL 
 steps, but the thread needs it back to bind the next statement and to hand over the result, and a
 thread waiting for the GIL gets it only when the holder is asked to let go: after the switch
 interval, 5 ms by default, longer than the event loop's share of a batch. At 1 ms the insert
-finishes while the loop is still busy (BENCHMARKS.md, "the ledger rows go in beside the batch
-before").
+finishes while the loop is still busy (BENCHMARKS.md, "Where the time goes", third session of
+2026-12-06; docs/decisions.md, "SQLite works beside the event loop").
 """
 
 from __future__ import annotations
