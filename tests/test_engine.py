@@ -18,7 +18,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.util.concurrency import await_
 
 from connectors.base import DeadLetter, Inbound
-from syncd.engine import CommitFailed
+from syncd.engine import CommitFailed, Engine
 from syncd.ledger import replay
 from syncd.model import Event, EventType, Outcome, ReservationState
 from syncd.store import open_engine, sqlite_url
@@ -259,6 +259,22 @@ async def test_a_clean_stop_during_a_periodic_commit_still_writes_the_level_chec
     db.close()
 
 
+async def _three_deliveries(engine: Engine) -> list[str]:
+    """Deliveries a (a count), b and c (sales), queued together before the engine runs, so
+    that with `max_batch=1` each is a batch with work queued behind it; returns what their
+    sources hear, in order ("a", or "a refused" when refused)."""
+    heard: list[str] = []
+
+    def delivery(name: str, event: Event) -> Inbound:
+        return Inbound([event], on_commit=lambda: heard.append(name),
+                       on_failure=lambda exc: heard.append(f"{name} refused"))
+
+    await engine.submit(delivery("a", ev(E.COUNT, qty=5, event_id="a")))
+    await engine.submit(delivery("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")))
+    await engine.submit(delivery("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c")))
+    return heard
+
+
 @pytest.mark.parametrize("fault", ["begin", "insert"])
 async def test_a_batch_is_acknowledged_first_even_when_the_next_one_fails(
     tmp_path: Path, fault: str
@@ -281,16 +297,7 @@ async def test_a_batch_is_acknowledged_first_even_when_the_next_one_fails(
                 await conn.exec_driver_sql(
                     "CREATE TRIGGER refuse_b BEFORE INSERT ON events "
                     "WHEN NEW.event_id = 'b' BEGIN SELECT RAISE(ABORT, 'injected'); END")
-        heard: list[str] = []
-
-        def delivery(name: str, event: Event) -> Inbound:
-            return Inbound([event], on_commit=lambda: heard.append(name),
-                           on_failure=lambda exc: heard.append(f"{name} refused"))
-
-        # queued together, before the engine runs: one batch each (max_batch=1)
-        await engine.submit(delivery("a", ev(E.COUNT, qty=5, event_id="a")))
-        await engine.submit(delivery("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")))
-        await engine.submit(delivery("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c")))
+        heard = await _three_deliveries(engine)
         await until(lambda: len(heard) == 3)
         assert heard == ["a", "b refused", "c"]
         assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 3
@@ -313,15 +320,7 @@ async def test_a_stop_that_gives_up_tells_the_committed_batch_first(tmp_path: Pa
             if begins == 2:
                 await_(asyncio.sleep(3600))
 
-        heard: list[str] = []
-
-        def delivery(name: str, event: Event) -> Inbound:
-            return Inbound([event], on_commit=lambda: heard.append(name),
-                           on_failure=lambda exc: heard.append(f"{name} refused"))
-
-        await engine.submit(delivery("a", ev(E.COUNT, qty=5, event_id="a")))
-        await engine.submit(delivery("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")))
-        await engine.submit(delivery("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c")))
+        heard = await _three_deliveries(engine)
         await until(lambda: begins == 2)
         await engine.stop(within=0.2)
         assert heard == ["a", "b refused", "c refused"]
