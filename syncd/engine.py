@@ -483,14 +483,14 @@ class Engine:
         figure is recomputed with the next batch, and its sources are told all the same."""
         works = done.works
         try:
-            self._after_commit(works, done.verdicts, done.changes, done.drift, done.seqs,
-                               done.counted, done.dead, done.now)
+            self._after_commit(done.changes, done.drift, done.seqs, done.counted, done.dead,
+                               done.now)
         except Exception:
             log.exception("after the commit of a batch; its sources are told all the same")
             self._recompute_pending = True
-            for w, out in zip(works, done.verdicts, strict=False):
-                if w.future is not None and not w.future.done():
-                    w.future.set_result(out)
+        for w, out in zip(works, done.verdicts, strict=False):
+            if w.future is not None and not w.future.done():
+                w.future.set_result(out)
         self.batches += 1
         if not self.db_ok:
             log.info("database writes succeed again")
@@ -509,17 +509,12 @@ class Engine:
             return 0
         next_id = await repo.next_event_id(conn)
         levels = self.ledger.levels
-        queued = repo.Queued(conn)  # each slice is written while the next one is built
-        try:
+        async with repo.Queued(conn) as queued:  # each slice written while the next is built
             for i in range(0, len(due), _SLICE):
                 await repo.upsert_levels(conn, [
                     repo.level_row(key[0], key[1], lvl, next_id - 1)
                     for key in due[i : i + _SLICE] if (lvl := levels.get(key)) is not None
                 ], queued)
-            await queued.wait()
-        except BaseException:
-            await queued.abandon()
-            raise
         await repo.set_replay_from(conn, cp.replay_from(len(due), next_id))
         return len(due)
 
@@ -605,16 +600,11 @@ class Engine:
         a desired side, so a pusher that runs meanwhile changes none of them."""
         rows = self.outbox.rows
         await repo.upsert_outbox(conn, [repo.outbox_row(key, rows[key]) for key in whole])
-        queued = repo.Queued(conn)
-        try:
+        async with repo.Queued(conn) as queued:
             for i in range(0, len(desired), _SLICE):
                 await repo.upsert_outbox_desired(conn, [
                     repo.outbox_desired_row(key, rows[key]) for key in desired[i : i + _SLICE]
                 ], queued)
-            await queued.wait()
-        except BaseException:
-            await queued.abandon()
-            raise
 
     # the (whole, desired-side) keys of the last flush, put back if its commit fails
     _flushed: tuple[set[OKey], set[OKey]] = (set(), set())
@@ -626,8 +616,6 @@ class Engine:
 
     def _after_commit(
         self,
-        works: list[_Work],
-        verdicts: list[list[Verdict]],
         changes: Changes,
         drift: dict[OKey, int],
         seqs: dict[tuple[str, str], int],
@@ -681,9 +669,6 @@ class Engine:
             if r.state not in OPEN_STATES:
                 self.ledger.reservations.pop(r.res_id, None)
         self._publish_gauges()
-        for w, out in zip(works, verdicts, strict=False):
-            if w.future is not None and not w.future.done():
-                w.future.set_result(out)
 
     def _publish_gauges(self) -> None:
         self.metrics.oversold.set(len(self.oversold))
@@ -705,7 +690,7 @@ class Engine:
     async def _recompute_all(self) -> None:
         """Recompute every channel figure from the ledger (start, reload) and persist it."""
         self._recompute_pending = True
-        self._after_commit([], [], Changes(), {}, {}, Counter(), [], self.clock())
+        self._after_commit(Changes(), {}, {}, Counter(), [], self.clock())
         await self._persist_only()
 
     async def _persist_only(self) -> None:

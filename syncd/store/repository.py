@@ -251,6 +251,16 @@ async def _executed(driver: aiosqlite.Connection, sql: str,
         await cursor.close()
 
 
+async def _all_done(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """Every task's result, in order, once every one is done (none is left with an error
+    nobody retrieved); raises the first failure."""
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
 async def settle(tasks: Iterable[asyncio.Future[Any]]) -> None:
     """Cancel what is still pending of `tasks` and wait until every one is done, errors
     retrieved: a caller that gives up on queued statements lets them end before its rollback
@@ -265,11 +275,23 @@ class Queued:
     """SQLite writes queued on aiosqlite's thread, in order, while the caller goes on (builds
     the next rows: sqlite3 releases the GIL while a block steps); `wait` awaits them all, and
     raises the first failure once every one is done. Nothing else may use the connection
-    before `wait` returns. On PostgreSQL a write runs when it is added."""
+    before `wait` returns. On PostgreSQL a write runs when it is added.
+
+    As an async context manager it waits at the end of the block, or abandons the queued
+    writes (`abandon`) when the block raises."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self.tasks: list[asyncio.Future[int]] = []
+
+    async def __aenter__(self) -> Queued:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            await self.wait()
+        else:
+            await self.abandon()
 
     async def many(self, sql: str, ncols: int, rows: Sequence[tuple[Any, ...]],
                    one: str | None = None) -> None:
@@ -285,11 +307,7 @@ class Queued:
     async def wait(self) -> int:
         """The rows changed by every queued statement."""
         tasks, self.tasks = self.tasks, []
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return sum([await task for task in tasks])
+        return sum(await _all_done(tasks))
 
     async def abandon(self) -> None:
         """The caller gives up: the queued statements end (`settle`) before its rollback."""
@@ -406,14 +424,10 @@ async def _sqlite_claimed(
     conn: AsyncConnection, rows: Sequence[tuple[Any, ...]],
     first_id: asyncio.Future[Iterable[Any]], inserts: Sequence[asyncio.Future[int]],
 ) -> Claimed:
-    # every queued statement is awaited (none is left with an unretrieved error); the first
-    # failure is raised, and the caller's transaction rolls back what the others did
-    outcomes = await asyncio.gather(first_id, *inserts, return_exceptions=True)
-    failed = [o for o in outcomes if isinstance(o, BaseException)]
-    if failed:
-        raise failed[0]
-    first = int(next(iter(await first_id))[0])
-    written = sum([await insert for insert in inserts])
+    # on a failure the caller's transaction rolls back what the other statements did
+    found, *changed = await _all_done([first_id, *inserts])
+    first = int(next(iter(found))[0])
+    written = sum(changed)
     inserted: set[tuple[str, str]] = set()
     if written == len(rows):  # no duplicate: the common case needs no read-back
         inserted.update(map(_IDENT, rows))
