@@ -18,8 +18,10 @@ seam and never patch internals.
 
 Inbound, a connector yields `Inbound` batches from `events()`. Each batch's `on_commit` is called
 only after every event in it is committed (or dead-lettered), which is when the connector may
-acknowledge its source (MQTT PUBACK, an EDI file moved to `processed/`). Webhooks arrive through
-`webhook()`; the HTTP answer is sent after the commit.
+acknowledge its source (MQTT PUBACK, an EDI file moved to `processed/`). The engine awaits these
+callbacks in order, so one that is a coroutine gets `Engine.callback_timeout` seconds (10) and is
+then cancelled: the events stay committed, and a source that was not told delivers them again.
+Webhooks arrive through `webhook()`; the HTTP answer is sent after the commit.
 
 Outbound, the pusher of each channel calls `push(channel, items)` with at most `max_batch` items,
 each carrying the desired quantity, its version, the quantity syncd last saw on the channel

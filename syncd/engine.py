@@ -66,6 +66,10 @@ _ORDER = EventType.ORDER
 _CHANNEL_LEVEL = EventType.CHANNEL_LEVEL
 _SKU = itemgetter(1)  # of an outbox key (channel, sku, location)
 _SLICE = 1000  # rows built at a time while SQLite writes the slice before (`repo.Queued`)
+# seconds a source's acknowledgement callback (`Inbound.on_commit`, `on_failure`) may take: the
+# writer awaits them in order (MQTT wants its PUBACKs in order), so one that hangs (a file move
+# on a stuck mount) would stall every source, and a stop, for as long as it hangs
+CALLBACK_TIMEOUT = 10.0
 
 
 def now_micros() -> int:
@@ -112,9 +116,11 @@ class Engine:
         desired_flush_every: float = 10.0,
         level_checkpoint_every: float = 10.0,
         level_checkpoint_chunk: int = 5000,
+        callback_timeout: float = CALLBACK_TIMEOUT,
         clock: Callable[[], int] = now_micros,
     ) -> None:
         self.db = db
+        self.callback_timeout = callback_timeout
         self.ledger = Ledger(config)
         self.metrics = metrics
         self.outbox = Outbox(metrics)
@@ -498,7 +504,7 @@ class Engine:
         self.metrics.db_up.set(1)
         for w in works:
             if w.inbound is not None and w.inbound.on_commit is not None:
-                await _call(w.inbound.on_commit)
+                await _call(self.callback_timeout, w.inbound.on_commit)
 
     async def _write_checkpoint(self, conn: Any, now: float, everything: bool = False) -> int:
         """Write the level rows that are due (see `syncd.checkpoint`) and the replay mark, in
@@ -707,7 +713,7 @@ class Engine:
             if w.future is not None and not w.future.done():
                 w.future.set_exception(CommitFailed(exc))
             if w.inbound is not None and w.inbound.on_failure is not None:
-                await _call(w.inbound.on_failure, exc)
+                await _call(self.callback_timeout, w.inbound.on_failure, exc)
 
     async def _abandon(self, works: list[_Work]) -> None:
         """The engine was cancelled in the middle of a batch (a stop that gave up waiting):
@@ -734,10 +740,23 @@ class CommitFailed(RuntimeError):
         self.cause = cause
 
 
-async def _call(fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+async def _call(seconds: float, fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+    """Run a source's callback; one that is a coroutine gets `seconds`, then it is
+    cancelled and the writer goes on (its events are committed: a source that was not told
+    delivers them again, and they count once)."""
+    deadline: asyncio.Timeout | None = None
     try:
         result = fn(*args)
         if inspect.isawaitable(result):
-            await result
+            deadline = asyncio.timeout(seconds)
+            async with deadline:
+                await result
+    except TimeoutError:
+        if deadline is None or not deadline.expired():  # the callback's own error
+            log.exception("acknowledgement callback failed")
+        else:
+            log.error("an acknowledgement callback did not return within %g s; given up (a "
+                      "source that was not told delivers again, and its events count once)",
+                      seconds)
     except Exception:
         log.exception("acknowledgement callback failed")

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -324,6 +325,120 @@ async def test_a_stop_that_gives_up_tells_the_committed_batch_first(tmp_path: Pa
         await until(lambda: begins == 2)
         await engine.stop(within=0.2)
         assert heard == ["a", "b refused", "c refused"]
+
+
+async def test_an_acknowledgement_that_hangs_is_given_up_and_the_engine_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer awaits each source's acknowledgement in order. One that never returns (a
+    file move on a stuck mount) is given up after `callback_timeout`: the deliveries behind it
+    are committed and told, and its own events stay committed."""
+    told: list[str] = []
+
+    async def hang() -> None:
+        told.append("a")
+        await asyncio.sleep(3600)
+
+    async with running_engine(sqlite_url(tmp_path), callback_timeout=0.3) as engine:
+        await engine.submit(Inbound([ev(E.COUNT, qty=5, event_id="a")], on_commit=hang))
+        await engine.submit(Inbound([ev(E.SALE, qty=1, at=T0 + 1, event_id="b")],
+                                    on_commit=lambda: told.append("b")))
+        await until(lambda: told == ["a", "b"], 10)
+        assert engine.ledger.levels[("SKU-1", "paris")].on_hand == 4
+        async with engine.db.connect() as conn:
+            assert [row[0].event_id for row in await repo.iter_events(conn)] == ["a", "b"]
+    assert "did not return within 0.3 s" in caplog.text
+
+
+async def test_a_stop_that_gives_up_does_not_wait_for_a_hanging_acknowledgement(
+    tmp_path: Path,
+) -> None:
+    """A stop that gives up on a batch hanging in its BEGIN still finishes the committed
+    batch before it, whose acknowledgement here never returns: the stop waits for it only
+    `callback_timeout`, then refuses the cut-short and the never-taken deliveries."""
+    heard: list[str] = []
+
+    async def hang() -> None:
+        heard.append("a")
+        await asyncio.sleep(3600)
+
+    async with running_engine(sqlite_url(tmp_path), max_batch=1, sweep_every=3600.0,
+                              callback_timeout=0.3) as engine:
+        begins = 0
+
+        @event.listens_for(engine.db.sync_engine, "begin")
+        def _hang_the_second(conn: Connection) -> None:
+            nonlocal begins
+            begins += 1
+            if begins == 2:
+                await_(asyncio.sleep(3600))
+
+        for name, event_ in (("a", ev(E.COUNT, qty=5, event_id="a")),
+                             ("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")),
+                             ("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c"))):
+            await engine.submit(Inbound([event_], on_commit=hang if name == "a" else None,
+                                        on_failure=_refused(heard, name)))
+        await until(lambda: begins == 2)
+        stopping = asyncio.ensure_future(engine.stop(within=0.2))
+        await until(stopping.done, 5.0)  # 0.2 s of drain, 0.3 s of acknowledgement
+        await stopping
+        assert heard == ["a", "b refused", "c refused"]
+
+
+def _refused(heard: list[str], name: str) -> Callable[[BaseException], None]:
+    return lambda exc: heard.append(f"{name} refused")
+
+
+async def test_a_stop_that_gives_up_on_a_postgresql_claim_rolls_back_and_tells_everyone(
+    postgres: PostgresServer,
+) -> None:
+    """On PostgreSQL the ledger insert (the claim) runs as a task while the committed batch
+    before it is finished. Here both hang: a's acknowledgement does not return, and b's insert
+    waits inside the server (another transaction has inserted b's ledger row and not
+    committed, so the unique index makes it wait). A stop that gives up cancels the engine in
+    a's acknowledgement, with b's query still running; asyncpg refuses a rollback until that
+    query has ended (`repository.settle`). The stop returns, b and c are refused, and the
+    connection goes back to the pool usable: once the other transaction rolls back, a start
+    finds only a, and b delivered again is applied."""
+    url = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    other = open_engine(url)
+    heard: list[str] = []
+    acking = asyncio.Event()
+
+    async def hang() -> None:
+        heard.append("a")
+        acking.set()
+        await asyncio.sleep(3600)
+
+    async with (
+        running_engine(url, max_batch=1, sweep_every=3600.0) as engine,
+        other.connect() as blocker,
+    ):
+        await blocker.exec_driver_sql("BEGIN")
+        await blocker.exec_driver_sql(
+            "INSERT INTO events (connector, event_id, type, sku, location, qty, occurred_at, "
+            "applied_at, outcome) VALUES ('pos', 'b', 'sale', 'SKU-1', 'paris', 1, 0, 0, "
+            "'applied')")
+        for name, event_ in (("a", ev(E.COUNT, qty=5, event_id="a")),
+                             ("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")),
+                             ("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c"))):
+            await engine.submit(Inbound([event_], on_commit=hang if name == "a" else None,
+                                        on_failure=_refused(heard, name)))
+        await asyncio.wait_for(acking.wait(), 10)
+        await asyncio.sleep(0.1)  # b's insert is waiting on the index
+        stopping = asyncio.ensure_future(engine.stop(within=0.2))
+        await until(stopping.done, 5.0)
+        await stopping
+        assert heard == ["a", "b refused", "c refused"]
+        async with engine.db.connect() as conn:  # the pool's connection answers again
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM events")).scalar() == 1
+        await blocker.exec_driver_sql("ROLLBACK")
+    await other.dispose()
+    async with running_engine(url) as again:
+        assert again.ledger.levels[("SKU-1", "paris")].on_hand == 5
+        (v,) = await again.apply([ev(E.SALE, qty=1, at=T0 + 1, event_id="b")])
+        assert v.outcome is Outcome.APPLIED
+        assert again.ledger.levels[("SKU-1", "paris")].on_hand == 4
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
