@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 
-from .model import DELTA_SIGN, EventType, Level
+from .model import DELTA_SIGN, EventType, Level, kept_key
 from .rules import apply_count, apply_delta
 
 __all__ = ["Checkpoint", "Effect", "roll_forward"]
@@ -58,7 +58,7 @@ def roll_forward(
             continue
         lvl = levels.get(key)
         if lvl is None:
-            lvl = levels[key] = Level()
+            lvl = levels[kept_key(*key)] = Level()
         if typ is EventType.COUNT:
             apply_count(lvl, qty, occurred_at)
         elif typ is EventType.HOLD_COLLECT:

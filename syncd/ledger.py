@@ -25,6 +25,7 @@ from .model import (
     Outcome,
     Reservation,
     ReservationState,
+    kept_key,
 )
 from .rules import DEFAULT_TAIL_HORIZON, apply_count, apply_delta
 
@@ -87,7 +88,7 @@ class Ledger:
         key = (sku, location)
         lvl = self.levels.get(key)
         if lvl is None:
-            lvl = self.levels[key] = Level()
+            lvl = self.levels[kept_key(sku, location)] = Level()
         return lvl
 
     def knows(self, sku: str) -> bool:
@@ -192,7 +193,7 @@ class Ledger:
         key = (ev.sku, loc_name)
         lvl = self.levels.get(key)
         if lvl is None:
-            lvl = self.levels[key] = Level()
+            lvl = self.levels[kept_key(ev.sku, loc_name)] = Level()
         before = lvl.on_hand
         typ = ev.type
         if typ is _COUNT:

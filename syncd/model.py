@@ -8,8 +8,10 @@ ISO-8601 happens at the edges (`to_micros` / `from_micros`).
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 __all__ = [
     "COUNTED_STATES",
@@ -25,6 +27,7 @@ __all__ = [
     "ReservationKind",
     "ReservationState",
     "from_micros",
+    "kept_key",
     "to_micros",
 ]
 
@@ -134,6 +137,19 @@ class Level:
     floor: int | None = None
     reported_at: int | None = None
     version: int = 0
+
+
+@overload
+def kept_key(sku: str, location: str, /) -> tuple[str, str]: ...
+@overload
+def kept_key(channel: str, sku: str, location: str, /) -> tuple[str, str, str]: ...
+def kept_key(*names: str) -> tuple[str, ...]:
+    """The key under which a level or an outbox row is kept for the daemon's lifetime, its
+    names interned: every row of one SKU (its levels at each location, its outbox rows on each
+    channel) then holds one copy of the SKU and of each location name, rather than a copy of
+    each from every database row or event that created one (about a quarter of the state's
+    memory: BENCHMARKS.md, "Scale")."""
+    return tuple(map(sys.intern, names))
 
 
 class ReservationKind(enum.StrEnum):

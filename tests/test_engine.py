@@ -441,6 +441,29 @@ async def test_a_stop_that_gives_up_on_a_postgresql_claim_rolls_back_and_tells_e
         assert again.ledger.levels[("SKU-1", "paris")].on_hand == 4
 
 
+async def test_the_rows_of_one_sku_share_one_copy_of_each_name(db_url: str) -> None:
+    """Every level and outbox row is kept under names shared by all rows of its SKU: each
+    database row and each event brings its own copy of the SKU and location strings, and at a
+    million rows those copies were a fifth of the daemon's memory (BENCHMARKS.md, "Scale")."""
+
+    def fresh(text: str) -> str:  # a copy, as a parser makes one: not the literal's object
+        return "".join(list(text))
+
+    async with running_engine(db_url) as engine:
+        await engine.apply([ev(E.COUNT, sku=fresh("SKU-7"), qty=5, location=fresh(loc),
+                               event_id=f"c-{loc}") for loc in ("paris", "lille")])
+        live = list(engine.ledger.levels)
+        assert live[0][0] is live[1][0]
+    async with running_engine(db_url) as again:
+        levels = list(again.ledger.levels)
+        rows = [key for key in again.outbox.rows if key[1] == "SKU-7"]
+        assert len(levels) == 2 and len(rows) == 3  # web, and kiosk at each store
+        names = {id(key[0]) for key in levels} | {id(key[1]) for key in rows}
+        assert len(names) == 1
+        paris = {id(key[1]) for key in levels if key[1] == "paris"}
+        assert paris == {id(key[2]) for key in rows if key[2] == "paris"}
+
+
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
     async with running_engine(db_url) as engine:
         seen: list[int] = []

@@ -30,6 +30,7 @@ from syncd.model import (
     Reservation,
     ReservationKind,
     ReservationState,
+    kept_key,
 )
 from syncd.rules import DEFAULT_TAIL_HORIZON
 
@@ -602,7 +603,7 @@ async def _level_rows(
     for q in queries:
         result = await conn.execute(q)
         for sku, loc, on_hand, wm, tail, floor, rep, version, mark in result:
-            key = (sku, loc)
+            key = kept_key(sku, loc)
             out[key] = Level(
                 on_hand, wm, [] if tail == "[]" else [(a, b) for a, b in loads(tail)], floor,
                 rep, version,
@@ -763,7 +764,7 @@ async def load_outbox(conn: AsyncConnection) -> dict[tuple[str, str, str], Outbo
             outbox.c.next_attempt_at)
     result = await conn.execute(select(*cols))
     for ch, sku, loc, *rest in result:
-        out[(ch, sku, loc)] = OutboxRow(*rest)
+        out[kept_key(ch, sku, loc)] = OutboxRow(*rest)
     return out
 
 
