@@ -147,8 +147,8 @@ def kept_key(*names: str) -> tuple[str, ...]:
     """The key under which a level or an outbox row is kept for the daemon's lifetime, its
     names interned: every row of one SKU (its levels at each location, its outbox rows on each
     channel) then holds one copy of the SKU and of each location name, rather than a copy of
-    each from every database row or event that created one (about a quarter of the state's
-    memory: BENCHMARKS.md, "Scale")."""
+    each from every database row or event that created one (a sixth of the peak memory at a
+    million rows: BENCHMARKS.md, "Scale")."""
     return tuple(map(sys.intern, names))
 
 

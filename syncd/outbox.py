@@ -24,6 +24,7 @@ from typing import Any
 from connectors.base import PushItem
 
 from .metrics import Metrics
+from .model import kept_key
 from .store.repository import OutboxRow
 
 __all__ = ["OKey", "Outbox", "OutboxRow", "idempotency_key"]
@@ -98,7 +99,7 @@ class Outbox:
         for key, desired in figures:
             row = rows.get(key)
             if row is None:
-                rows[key] = OutboxRow(desired, 1, committed_at)
+                rows[kept_key(*key)] = OutboxRow(desired, 1, committed_at)
             elif row.desired == desired:
                 continue
             else:
