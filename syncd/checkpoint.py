@@ -137,6 +137,21 @@ class Checkpoint:
             return self.current_first if self.current_first is not None else 0
         return next_id
 
+    def rest(self) -> list[Key]:
+        """Every key whose row lags, in SKU order, each once: what is left of the generation
+        being written and the current one (a stop writes them all in one commit, then `clear`)."""
+        keys = set(self.current)
+        closing = self.closing
+        if closing is not None:
+            keys.update(closing.keys[closing.written :])
+        return sorted(keys, key=_SKU)
+
+    def clear(self) -> None:
+        """The commit that wrote `rest()` succeeded: no row lags."""
+        self.closing = None
+        self.current = set()
+        self.current_first = None
+
     def written(self, n: int) -> None:
         """The commit that wrote `n` keys of `due` succeeded."""
         closing = self.closing

@@ -214,9 +214,10 @@ class Engine:
                       "(the next start re-applies the ledger after the last one)")
         else:
             try:
-                await asyncio.wait_for(self._checkpoint_all(), within)
+                await asyncio.wait_for(self._write_all(), within)
             except Exception as exc:  # the next start re-applies the ledger after the checkpoint
                 log.error("could not write the level checkpoint at stop: %s", brief(exc))
+                self._unflush()  # the outbox rows are tried again on their own
         if self.outbox.dirty or self.outbox.moved:
             try:
                 await asyncio.wait_for(self._persist_only(), within)
@@ -514,26 +515,37 @@ class Engine:
         if not due:
             return 0
         next_id = await repo.next_event_id(conn)
-        levels = self.ledger.levels
         async with repo.Queued(conn) as queued:  # each slice written while the next is built
-            for i in range(0, len(due), _SLICE):
-                await repo.upsert_levels(conn, [
-                    repo.level_row(key[0], key[1], lvl, next_id - 1)
-                    for key in due[i : i + _SLICE] if (lvl := levels.get(key)) is not None
-                ], queued)
+            await self._queue_levels(conn, due, next_id - 1, queued)
         await repo.set_replay_from(conn, cp.replay_from(len(due), next_id))
         return len(due)
 
-    async def _checkpoint_all(self) -> None:
-        """Write every lagging level row (stop), a chunk per transaction, then move the mark
-        past the ledger's end (it may still be a conservative one left by a kill)."""
-        now = asyncio.get_running_loop().time()
-        while self.checkpoint.lagging:
-            async with self.db.begin() as conn:
-                n = await self._write_checkpoint(conn, now, everything=True)
-            self.checkpoint.written(n)
-        async with self.db.begin() as conn:  # every row is current: the next start replays none
-            await repo.set_replay_from(conn, await repo.next_event_id(conn))
+    async def _queue_levels(self, conn: Any, keys: list[tuple[str, str]], as_of: int,
+                            queued: repo.Queued) -> None:
+        """Queue the level rows of `keys` (as of event `as_of`), a slice at a time."""
+        levels = self.ledger.levels
+        for i in range(0, len(keys), _SLICE):
+            await repo.upsert_levels(conn, [
+                repo.level_row(key[0], key[1], lvl, as_of)
+                for key in keys[i : i + _SLICE] if (lvl := levels.get(key)) is not None
+            ], queued)
+
+    async def _write_all(self) -> None:
+        """At stop: every lagging level row and every outbox row still owed, in one
+        transaction, and the mark past the ledger's end (it may still be a conservative one
+        left by a kill): one pipeline of slices, each written while the next is built, rather
+        than a pipeline filled and drained in every transaction."""
+        keys = self.checkpoint.rest()
+        whole, desired = self._outbox_keys()
+        async with self.db.begin() as conn:
+            next_id = await repo.next_event_id(conn)
+            await self._write_whole(conn, whole)
+            async with repo.Queued(conn) as queued:
+                await self._queue_levels(conn, keys, next_id - 1, queued)
+                await self._queue_desired(conn, desired, queued)
+            await repo.set_replay_from(conn, next_id)  # every row is current: none replayed
+        self.checkpoint.clear()
+        self._flushed = (set(), set())
 
     async def _prefetch(self, conn: Any, evs: Iterable[Event]) -> None:
         """Load the closed reservations that this batch's commands name (idempotency)."""
@@ -604,13 +616,21 @@ class Engine:
         """Write whole rows (`repo.outbox_row`) and desired sides (`repo.outbox_desired_row`),
         each slice of the latter written while the next one is built. Only the engine changes
         a desired side, so a pusher that runs meanwhile changes none of them."""
+        await self._write_whole(conn, whole)
+        async with repo.Queued(conn) as queued:
+            await self._queue_desired(conn, desired, queued)
+
+    async def _write_whole(self, conn: Any, whole: list[OKey]) -> None:
         rows = self.outbox.rows
         await repo.upsert_outbox(conn, [repo.outbox_row(key, rows[key]) for key in whole])
-        async with repo.Queued(conn) as queued:
-            for i in range(0, len(desired), _SLICE):
-                await repo.upsert_outbox_desired(conn, [
-                    repo.outbox_desired_row(key, rows[key]) for key in desired[i : i + _SLICE]
-                ], queued)
+
+    async def _queue_desired(self, conn: Any, desired: list[OKey], queued: repo.Queued) -> None:
+        """Queue the desired sides of `desired`, a slice at a time."""
+        rows = self.outbox.rows
+        for i in range(0, len(desired), _SLICE):
+            await repo.upsert_outbox_desired(conn, [
+                repo.outbox_desired_row(key, rows[key]) for key in desired[i : i + _SLICE]
+            ], queued)
 
     # the (whole, desired-side) keys of the last flush, put back if its commit fails
     _flushed: tuple[set[OKey], set[OKey]] = (set(), set())

@@ -185,6 +185,22 @@ def test_checkpoint_marks_never_pass_an_unwritten_event() -> None:
     assert cp.lagging == 0
 
 
+def test_a_stop_takes_every_lagging_key_once_in_sku_order() -> None:
+    """`rest` is what a stop writes in its one commit: the unwritten part of the generation
+    being written and the current generation, each key once, in SKU order."""
+    cp = Checkpoint(every=10.0, chunk=2, now=0.0)
+    cp.touch([("B", "x"), ("A", "y"), ("C", "x")], first_id=1)
+    assert cp.due(10.0) == [("A", "y"), ("B", "x")]
+    cp.written(2)  # ("C", "x") of that generation is still unwritten
+    cp.touch([("D", "z"), ("C", "x"), ("A", "y")], first_id=9)
+    assert cp.rest() == [("A", "y"), ("C", "x"), ("D", "z")]
+    assert cp.lagging == 4  # ("C", "x") counted in both generations
+    cp.clear()
+    assert cp.lagging == 0
+    assert cp.due(30.0, everything=True) == []
+    assert cp.replay_from(0, 42) == 42
+
+
 async def test_a_database_from_before_checkpoints_keeps_its_rows_current(
     tmp_path: object,
 ) -> None:
