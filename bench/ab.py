@@ -4,8 +4,10 @@ This host is shared and swings by ±20 % within minutes, so two figures taken mi
 little about a change of 10 %. This runs `bench/engine.py`'s trading day (`--runs 1
 --steady 0`: the stock loaded first, then `--events` events, to the last acknowledgement and
 until `stop()`) once in a worktree of `--before` and once in this tree, `--pairs` times, the
-first of each pair alternating, and prints the medians and each pair's ratio. A day of
-1,000,000 events is the engine bench's longer day (`--steady`).
+first of each pair alternating, and prints the medians and each pair's ratio, and the seconds
+`stop()` took (the events over the rate until `stop()`, less the events over the rate to the last
+acknowledgement): a change to the stop is lost in the noise of the whole day. A day of 1,000,000
+events is the engine bench's longer day (`--steady`).
 
     python bench/ab.py --before 7bb6020 [--pairs 5] [--events 200000]
 """
@@ -63,7 +65,8 @@ def main() -> None:
                 b, a = runs["before"][-1], runs["after"][-1]
                 print(f"pair {pair + 1}: until stop() {b[1]:,.0f} -> {a[1]:,.0f} "
                       f"({a[1] / b[1] - 1:+.0%}), to the last acknowledgement {b[0]:,.0f} -> "
-                      f"{a[0]:,.0f}, event loop {b[2]:.1f} -> {a[2]:.1f} µs", flush=True)
+                      f"{a[0]:,.0f}, event loop {b[2]:.1f} -> {a[2]:.1f} µs, stop() "
+                      f"{_stop(b, args.events):.2f} -> {_stop(a, args.events):.2f} s", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT,
                            check=False, capture_output=True)
@@ -76,6 +79,16 @@ def main() -> None:
               f"{statistics.median(ratios):.2f}")
     print(f"event loop CPU per event: {statistics.median(r[2] for r in runs['before']):.1f} -> "
           f"{statistics.median(r[2] for r in runs['after']):.1f} µs")
+    stops = {k: [_stop(r, args.events) for r in v] for k, v in runs.items()}
+    ratios = [a / b for a, b in zip(stops["after"], stops["before"], strict=True)]
+    print(f"stop(): {statistics.median(stops['before']):.2f} -> "
+          f"{statistics.median(stops['after']):.2f} s (medians); median pair ratio "
+          f"{statistics.median(ratios):.2f}")
+
+
+def _stop(run: tuple[float, float, float], events: int) -> float:
+    """Seconds `stop()` took in a run: until it returned, less to the last acknowledgement."""
+    return events / run[1] - events / run[0]
 
 
 if __name__ == "__main__":
