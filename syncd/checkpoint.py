@@ -58,7 +58,8 @@ def roll_forward(
             continue
         lvl = levels.get(key)
         if lvl is None:
-            lvl = levels[kept_key(*key)] = Level()
+            kept = kept_key(*key)
+            lvl = levels[kept] = Level(key=kept)
         if typ is EventType.COUNT:
             apply_count(lvl, qty, occurred_at)
         elif typ is EventType.HOLD_COLLECT:

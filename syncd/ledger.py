@@ -88,7 +88,8 @@ class Ledger:
         key = (sku, location)
         lvl = self.levels.get(key)
         if lvl is None:
-            lvl = self.levels[kept_key(sku, location)] = Level()
+            kept = kept_key(sku, location)
+            lvl = self.levels[kept] = Level(key=kept)
         return lvl
 
     def knows(self, sku: str) -> bool:
@@ -193,7 +194,10 @@ class Ledger:
         key = (ev.sku, loc_name)
         lvl = self.levels.get(key)
         if lvl is None:
-            lvl = self.levels[kept_key(ev.sku, loc_name)] = Level()
+            key = kept_key(ev.sku, loc_name)
+            lvl = self.levels[key] = Level(key=key)
+        elif lvl.key is not None:
+            key = lvl.key
         before = lvl.on_hand
         typ = ev.type
         if typ is _COUNT:

@@ -137,6 +137,9 @@ class Level:
     floor: int | None = None
     reported_at: int | None = None
     version: int = 0
+    # the key it is kept under (`kept_key`): the batch's sets and the checkpoint's sort then
+    # hold the kept names, not each event's copy; not part of the state
+    key: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 @overload

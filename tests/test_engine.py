@@ -465,6 +465,12 @@ async def test_the_rows_of_one_sku_share_one_copy_of_each_name(db_url: str) -> N
         assert len(names) == 1
         paris = {id(key[1]) for key in levels if key[1] == "paris"}
         assert paris == {id(key[2]) for key in rows if key[2] == "paris"}
+        # an event's own copy of the names is not what its batch passes on (to the figures, the
+        # checkpoint): they get the kept key
+        await again.apply([ev(E.SALE, sku=fresh("SKU-7"), location=fresh("paris"), at=T0 + 1,
+                              event_id="s")])
+        assert list(again.checkpoint.current) == [("SKU-7", "paris")]
+        assert id(next(iter(again.checkpoint.current))) in {id(k) for k in levels}
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:

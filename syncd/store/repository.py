@@ -606,7 +606,7 @@ async def _level_rows(
             key = kept_key(sku, loc)
             out[key] = Level(
                 on_hand, wm, [] if tail == "[]" else [(a, b) for a, b in loads(tail)], floor,
-                rep, version,
+                rep, version, key,
             )
             if mark >= replay_from:
                 as_of[key] = mark
