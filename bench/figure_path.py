@@ -48,12 +48,13 @@ def one_round(skus: int, batches: int, seed: int) -> float:
         ledger.levels[key] = Level(on_hand=rnd.randint(0, 50))
     figures = Figures(ledger)
     outbox = Outbox(Metrics(CollectorRegistry()))
-    outbox.publish(figures.moved(set(keys), 1), 1)
+    outbox.publish(figures.moved({key: ledger.levels[key] for key in keys}, 1), 1)
     outbox.moved.clear()
     gc.collect()
     gc.freeze()  # as the daemon freezes its loaded state (`syncd.tuning`)
     stores = [k for k in keys if k[1].startswith("store")]
-    moved = [set(rnd.sample(stores, BATCH)) for _ in range(batches)]
+    moved = [{key: ledger.levels[key] for key in rnd.sample(stores, BATCH)}
+             for _ in range(batches)]
     started = time.thread_time()
     for i, batch in enumerate(moved):
         for key in batch:

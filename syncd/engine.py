@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .model import (
     Event,
     EventType,
+    Level,
     Outcome,
     Reservation,
 )
@@ -587,14 +588,18 @@ class Engine:
         reconfiguration); returns the channels with new work. Done after the commit, from the
         state it made durable (the next batch's rules have not run yet: `_finish`), so a pusher
         never sees an uncommitted value."""
-        keys: Iterable[tuple[str, str]] = changes.levels
+        moved: Mapping[tuple[str, str], Level | None] = changes.levels
         if changes.reservations or self._recompute_pending:
-            keys = set(changes.levels)
-            keys.update((r.sku, r.location) for r in changes.reservations.values())
+            levels = self.ledger.levels
+            more: dict[tuple[str, str], Level | None] = dict(changes.levels)
+            for r in changes.reservations.values():
+                key = (r.sku, r.location)
+                more.setdefault(key, levels.get(key))
             if self._recompute_pending:
                 self._recompute_pending = False
-                keys.update(self.ledger.levels)
-        return self.outbox.publish(self.figures.moved(keys, now), now)
+                more.update(levels)
+            moved = more
+        return self.outbox.publish(self.figures.moved(moved, now), now)
 
     def _outbox_keys(self, desired: bool = True) -> tuple[list[OKey], list[OKey]]:
         """The outbox rows changed since the last flush, to write (`_write_outbox`): whole
@@ -677,7 +682,7 @@ class Engine:
                 log.warning("oversold: on-hand below zero, published as 0",
                             extra={"location": lkey[1], "on_hand": lvl.on_hand})
         if oversold:
-            back = [k for k in (oversold & changes.levels) if levels[k].on_hand >= 0]
+            back = [k for k in (oversold & changes.levels.keys()) if levels[k].on_hand >= 0]
             oversold.difference_update(back)
         for kind, old, new in changes.transitions:
             if kind == "hold":

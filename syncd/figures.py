@@ -8,11 +8,11 @@ its one figure from all of its `sells_from`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 
 from . import availability
 from .ledger import Ledger
-from .model import Channel
+from .model import Channel, Level
 
 __all__ = ["Figures"]
 
@@ -84,22 +84,23 @@ class Figures:
         return availability.published(total, ch.allocation, ch.safety_stock, ch.max_quantity)
 
     def moved(
-        self, keys: Iterable[tuple[str, str]], now: int
+        self, keys: Mapping[tuple[str, str], Level | None], now: int
     ) -> Iterator[tuple[tuple[str, str, str], int]]:
-        """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch.
+        """`((channel, sku, channel-side location), quantity)` for every figure `keys` touch;
+        `keys` gives each (SKU, location) with its level (None: it has none), which a batch
+        already holds (`Changes.levels`): a second lookup in the ledger's levels costs.
 
         The per-figure path of every batch: a per-location figure from its one location, a
         pooled channel's figure once per SKU, other kinds for the locations that moved."""
         ledger = self.ledger
-        levels, opened, safety = ledger.levels, ledger.open, self.safety
+        opened, safety = ledger.open, self.safety
         direct, combined, pooled_names = self.direct, self.combined, self.pooled
         pooled: set[tuple[str, str]] = set()  # (sku, channel) of pooled channels
         touched: dict[tuple[str, str], set[str]] = {}  # (sku, channel) -> moved locations
-        for key in keys:
+        for key, lvl in keys.items():
             sku, loc = key
             simple = direct.get(loc)
             if simple:
-                lvl = levels.get(key)
                 # `availability.avail`, inlined as in `_pooled`
                 a = (lvl.on_hand if lvl is not None else 0) - safety[loc]
                 if key in opened:

@@ -59,7 +59,8 @@ class Verdict:
 class Changes:
     """What a batch touched, for the one commit that follows it."""
 
-    levels: set[Key] = field(default_factory=set)
+    # the levels it moved, with their state (the figures read them without a second lookup)
+    levels: dict[Key, Level] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     # (sku, location) that went below zero in this batch (logged once, counted)
     oversold: set[Key] = field(default_factory=set)
@@ -214,7 +215,7 @@ class Ledger:
                 hold_verdict = hold
         if not applied:
             return Verdict(Outcome.STALE, "already inside a later count", hold_verdict)
-        changes.levels.add(key)
+        changes.levels[key] = lvl
         if lvl.on_hand < 0 <= before:
             changes.oversold.add(key)
         # rule 6: a fulfilled order is settled once the authority reports stock as of a time at
@@ -319,7 +320,7 @@ class Ledger:
             before = lvl.on_hand
             key = (r.sku, r.location)
             if apply_delta(lvl, -r.qty, ev.occurred_at, self.config.tail_horizon):
-                changes.levels.add(key)
+                changes.levels[key] = lvl
                 if lvl.on_hand < 0 <= before:
                     changes.oversold.add(key)
         if ev.type is EventType.RESERVATION_EXPIRE:

@@ -192,8 +192,9 @@ def test_figures_of_what_moved_equal_a_full_recompute(batches: list[list[Event]]
         changes = Changes()
         for e in batch:
             lg.apply(e, now, changes)
-        keys = set(changes.levels) | {(r.sku, r.location) for r in changes.reservations.values()}
-        published.update(figures.moved(keys, now))
+        held = {(r.sku, r.location) for r in changes.reservations.values()}
+        moved = {**{key: lg.levels.get(key) for key in held}, **changes.levels}
+        published.update(figures.moved(moved, now))
     for sku in ("A", "B"):
         for ch in config.channels.values():
             full = _reference(lg, ch, sku, now)
