@@ -56,7 +56,8 @@ class Outbox:
     def __init__(self, metrics: Metrics, rows: dict[OKey, OutboxRow] | None = None) -> None:
         self.metrics = metrics
         self.rows: dict[OKey, OutboxRow] = rows if rows is not None else {}
-        self.pending: dict[str, dict[tuple[str, str], None]] = {}
+        # channel -> its pending keys (a dict: ordered, the oldest first)
+        self.pending: dict[str, dict[OKey, None]] = {}
         # the pushed side changed, or a pusher took the row: write the whole row
         self.dirty: set[OKey] = set()
         self.moved: set[OKey] = set()  # a new desired value only: write the desired side
@@ -64,7 +65,7 @@ class Outbox:
         self._coalesced: dict[str, Any] = {}  # channel -> its labelled counter
         for key, row in self.rows.items():
             if row.pending:
-                self.pending.setdefault(key[0], {})[(key[1], key[2])] = None
+                self.pending.setdefault(key[0], {})[key] = None
         # called when the pushed side changed, so the engine persists it soon
         self.on_dirty: Callable[[], None] = _noop
 
@@ -80,7 +81,7 @@ class Outbox:
         return len(self.pending.get(channel, ()))
 
     def _mark_pending(self, key: OKey) -> None:
-        self.pending.setdefault(key[0], {})[(key[1], key[2])] = None
+        self.pending.setdefault(key[0], {})[key] = None
 
     # -- engine side (after commit) -------------------------------------------------------------
 
@@ -95,14 +96,16 @@ class Outbox:
         channels: set[str] = set()
         coalesced: Counter[str] = Counter()
         ch_name = ""
-        ch_pending: dict[tuple[str, str], None] = {}
+        ch_pending: dict[OKey, None] = {}
         for key, desired in figures:
             row = rows.get(key)
             if row is None:
-                rows[kept_key(*key)] = OutboxRow(desired, 1, committed_at)
+                key = kept_key(*key)
+                rows[key] = OutboxRow(desired, 1, committed_at, key=key)
             elif row.desired == desired:
                 continue
             else:
+                key = row.key or key  # the kept key, not the figure's copy
                 if row.pushed_version != row.version:  # pending: this value replaces it
                     coalesced[key[0]] += 1
                 row.desired = desired
@@ -111,12 +114,12 @@ class Outbox:
                 row.attempts = 0
                 row.next_attempt_at = 0
                 row.state = "pending"
-            channel, sku, loc = key
+            channel = key[0]
             if channel != ch_name:
                 ch_name = channel
                 ch_pending = pending.setdefault(channel, {})
                 channels.add(channel)
-            ch_pending[(sku, loc)] = None
+            ch_pending[key] = None
             moved.add(key)
         for channel, n in coalesced.items():
             child = self._coalesced.get(channel)
@@ -182,17 +185,17 @@ class Outbox:
         later: int | None = None
         if not keys:
             return items, None
-        stale: list[tuple[str, str]] = []
-        for sku, loc in keys:
-            row = self.rows[(channel, sku, loc)]
+        stale: list[OKey] = []
+        for key in keys:
+            row = self.rows[key]
             if not row.pending:
-                stale.append((sku, loc))
+                stale.append(key)
                 continue
             if row.next_attempt_at > now:
                 later = row.next_attempt_at if later is None else min(later, row.next_attempt_at)
                 continue
-            items.append(self.item(channel, sku, loc, row))
-            self.dirty.add((channel, sku, loc))
+            items.append(self.item(channel, key[1], key[2], row))
+            self.dirty.add(key)
             if len(items) >= limit:
                 break
         for k in stale:
@@ -233,7 +236,7 @@ class Outbox:
             if row.version == item.version:
                 row.pushed_version = item.version
                 row.state = state
-                self.pending.get(item.channel, {}).pop((item.sku, item.location), None)
+                self.pending.get(item.channel, {}).pop(key, None)
                 return True
             return False
         # transient or conflict: stays pending

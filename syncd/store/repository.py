@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -81,6 +81,8 @@ class OutboxRow:
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: int = 0
+    # the key it is kept under in the outbox (`kept_key`), passed on instead of a figure's copy
+    key: tuple[str, str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def pending(self) -> bool:
@@ -764,7 +766,9 @@ async def load_outbox(conn: AsyncConnection) -> dict[tuple[str, str, str], Outbo
             outbox.c.next_attempt_at)
     result = await conn.execute(select(*cols))
     for ch, sku, loc, *rest in result:
-        out[kept_key(ch, sku, loc)] = OutboxRow(*rest)
+        key = kept_key(ch, sku, loc)
+        out[key] = row = OutboxRow(*rest)
+        row.key = key
     return out
 
 
