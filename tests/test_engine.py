@@ -471,6 +471,11 @@ async def test_the_rows_of_one_sku_share_one_copy_of_each_name(db_url: str) -> N
                               event_id="s")])
         assert list(again.checkpoint.current) == [("SKU-7", "paris")]
         assert id(next(iter(again.checkpoint.current))) in {id(k) for k in levels}
+        # and the outbox passes on the keys its rows are kept under
+        kept = {id(key) for key in again.outbox.rows}
+        assert len(again.outbox.moved) == 2  # web, and kiosk at paris
+        assert {id(key) for key in again.outbox.moved} <= kept
+        assert {id(key) for keys in again.outbox.pending.values() for key in keys} <= kept
 
 
 async def test_acknowledgement_only_after_the_batch_is_committed(db_url: str) -> None:
