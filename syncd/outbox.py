@@ -151,6 +151,7 @@ class Outbox:
         row = self.rows.get(key)
         if row is None:
             return
+        key = row.key or key
         row.remote = remote
         row.pushed_version = -1
         row.committed_at = committed_at
