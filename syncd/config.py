@@ -24,6 +24,7 @@ import ipaddress
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -352,14 +353,16 @@ class ConnectorSpec:
 def _channel(name: str, ch: ChannelConfig, connectors: Mapping[str, ConnectorSpec]) -> Channel:
     spec = connectors.get(ch.connector)
     cls: Any = spec.cls if spec is not None else None
+    # names interned, as the keys of levels and outbox rows are (`model.kept_key`): a figure's
+    # key built from them then matches its row by identity
     return Channel(
-        name=name,
+        name=sys.intern(name),
         connector=ch.connector,
-        sells_from=tuple(ch.sells_from),
+        sells_from=tuple(map(sys.intern, ch.sells_from)),
         safety_stock=ch.safety_stock,
         allocation=ch.allocation,
         max_quantity=ch.max_quantity,
-        location_map=tuple(ch.location_map.items()),
+        location_map=tuple((sys.intern(k), sys.intern(v)) for k, v in ch.location_map.items()),
         per_location=bool(getattr(cls, "per_location", False)),
         basis=str(getattr(cls, "basis", "available")),
     )
@@ -386,8 +389,8 @@ class Config:
 
     def location_objects(self) -> dict[str, Location]:
         return {
-            name: Location(
-                name=name,
+            sys.intern(name): Location(
+                name=sys.intern(name),  # as the keys of levels are (`model.kept_key`)
                 kind=loc.kind,
                 authority=loc.authority,
                 safety_stock=loc.safety_stock,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -255,6 +256,11 @@ def test_ledger_config_builds_locations_and_channels() -> None:
     assert kiosks.location_map == ()
     assert kiosks.max_quantity == 1_000_000
     assert ledger.channels["vendure"].basis == "on_hand_less_foreign"  # from FakeVendure.basis
+    # the names are the interned strings that the keys of levels and outbox rows hold
+    web = ledger.channels["webshop"]
+    names = [web.name, *web.sells_from, *(n for pair in web.location_map for n in pair),
+             *ledger.locations, *(loc.name for loc in ledger.locations.values())]
+    assert all(sys.intern(name) is name for name in names)
 
 
 def test_connector_channels() -> None:
