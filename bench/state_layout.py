@@ -16,8 +16,9 @@ per-store figure; for the pooled stores also the web figure from its four levels
 with its outbox row and, when it changed, written into the row (version + 1), marked pending
 for its channel and marked for the next flush, as `Outbox.publish` does:
 
-- *flat*: the outbox as it is, `dict[(channel, sku, location)] -> OutboxRow`, a pending dict per
-  channel keyed by `(sku, location)`, a set of moved keys;
+- *flat*: the outbox as it was when this was written (before 3a70501, which keys a channel's
+  pending dict by the row's whole key), `dict[(channel, sku, location)] -> OutboxRow`, a
+  pending dict per channel keyed by `(sku, location)`, a set of moved keys;
 - *per SKU*: one record per SKU, its levels and its outbox rows in lists by position, pending and
   moved kept per SKU (a dict per channel and a set keyed by the SKU string).
 

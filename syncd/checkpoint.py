@@ -66,7 +66,7 @@ def roll_forward(
             apply_delta(lvl, _COLLECT_SIGN * qty, occurred_at, horizon)
         else:
             apply_delta(lvl, DELTA_SIGN[typ] * qty, occurred_at, horizon)
-        moved.add(key)
+        moved.add(lvl.key or key)
     return moved
 
 

@@ -182,8 +182,11 @@ class Engine:
         down nothing more can be committed, and nothing uncommitted was acknowledged), let the
         writer task finish the commit it is in (the engine also commits on its own: expiries,
         the outbox flush), stop; only a task still busy when `within` runs out is cancelled.
-        Then write the level checkpoint and the outbox rows still owed, each for at most
-        `within` seconds more (both are rebuilt at the next start when they cannot be)."""
+        Then write the level checkpoint and the outbox rows still owed, in one transaction, for
+        at most `within` seconds more, and if that fails the outbox rows alone, for as long
+        again (both are rebuilt at the next start when they cannot be written). Each queued
+        delivery refused meanwhile has its source's callback, which may take up to
+        `callback_timeout` (the bundled connectors' return at once)."""
         self._accepting = False
         if self._task is None:
             return
@@ -217,7 +220,8 @@ class Engine:
             try:
                 await asyncio.wait_for(self._write_all(), within)
             except Exception as exc:  # the next start re-applies the ledger after the checkpoint
-                log.error("could not write the level checkpoint at stop: %s", brief(exc))
+                log.error("could not write the level checkpoint at stop (the outbox rows are "
+                          "written on their own): %s", brief(exc))
                 self._unflush()  # the outbox rows are tried again on their own
         if self.outbox.dirty or self.outbox.moved:
             try:
@@ -508,11 +512,11 @@ class Engine:
             if w.inbound is not None and w.inbound.on_commit is not None:
                 await _call(self.callback_timeout, w.inbound.on_commit)
 
-    async def _write_checkpoint(self, conn: Any, now: float, everything: bool = False) -> int:
+    async def _write_checkpoint(self, conn: Any, now: float) -> int:
         """Write the level rows that are due (see `syncd.checkpoint`) and the replay mark, in
         the caller's transaction; returns how many keys to mark written after its commit."""
         cp = self.checkpoint
-        due = cp.due(now, everything)
+        due = cp.due(now)
         if not due:
             return 0
         next_id = await repo.next_event_id(conn)
@@ -594,7 +598,10 @@ class Engine:
             more: dict[tuple[str, str], Level | None] = dict(changes.levels)
             for r in changes.reservations.values():
                 key = (r.sku, r.location)
-                more.setdefault(key, levels.get(key))
+                lvl = levels.get(key)
+                if lvl is not None and lvl.key is not None:
+                    key = lvl.key
+                more.setdefault(key, lvl)
             if self._recompute_pending:
                 self._recompute_pending = False
                 more.update(levels)
@@ -768,20 +775,35 @@ class CommitFailed(RuntimeError):
 async def _call(seconds: float, fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
     """Run a source's callback; one that is a coroutine gets `seconds`, then it is
     cancelled and the writer goes on (its events are committed: a source that was not told
-    delivers them again, and they count once)."""
-    deadline: asyncio.Timeout | None = None
+    delivers them again, and they count once).
+
+    Not `asyncio.timeout`: a stop that gave up runs the callbacks of a committed batch in a
+    task that is being cancelled, where before Python 3.11.3 (Debian 12 has 3.11.2) an expired
+    `asyncio.timeout` raises `CancelledError`, not `TimeoutError`, and the batch's other
+    sources would not be told."""
     try:
         result = fn(*args)
-        if inspect.isawaitable(result):
-            deadline = asyncio.timeout(seconds)
-            async with deadline:
-                await result
-    except TimeoutError:
-        if deadline is None or not deadline.expired():  # the callback's own error
-            log.exception("acknowledgement callback failed")
-        else:
+        if not inspect.isawaitable(result):
+            return
+        running = asyncio.ensure_future(result)
+        try:
+            await asyncio.wait({running}, timeout=seconds)
+        finally:
+            if not running.done():  # it hangs, or the writer is being cancelled
+                running.cancel()
+                running.add_done_callback(_retrieve)
+        if not running.done():
             log.error("an acknowledgement callback did not return within %g s; given up (a "
                       "source that was not told delivers again, and its events count once)",
                       seconds)
+            return
+        running.result()
     except Exception:
         log.exception("acknowledgement callback failed")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback of a callback given up: its outcome is of no use, but must be retrieved."""
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        log.error("an acknowledgement callback given up ended with %s", brief(exc))

@@ -318,7 +318,7 @@ class Ledger:
         if ev.type is EventType.HOLD_COLLECT:
             lvl = self.level(r.sku, r.location)
             before = lvl.on_hand
-            key = (r.sku, r.location)
+            key = lvl.key or (r.sku, r.location)
             if apply_delta(lvl, -r.qty, ev.occurred_at, self.config.tail_horizon):
                 changes.levels[key] = lvl
                 if lvl.on_hand < 0 <= before:

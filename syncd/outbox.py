@@ -225,6 +225,7 @@ class Outbox:
         """Record a push result. Returns True when the row is no longer pending."""
         key = (item.channel, item.sku, item.location)
         row = self.rows[key]
+        key = row.key or key
         self.dirty.add(key)
         self.on_dirty()
         if state in ("ok", "accepted", "failed"):

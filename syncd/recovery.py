@@ -67,7 +67,8 @@ async def reload(db: AsyncEngine, ledger: Ledger, keys: set[Key], res_ids: set[s
             delay = min(delay * 2, 5.0)
     for key in keys:
         if key in levels:
-            ledger.levels[key] = levels[key]
+            lvl = levels[key]
+            ledger.levels[lvl.key or key] = lvl
         else:
             ledger.levels.pop(key, None)
     found = {r.res_id for r in stored}

@@ -354,15 +354,17 @@ async def test_a_stop_that_gives_up_does_not_wait_for_a_hanging_acknowledgement(
     tmp_path: Path,
 ) -> None:
     """A stop that gives up on a batch hanging in its BEGIN still finishes the committed
-    batch before it, whose acknowledgement here never returns: the stop waits for it only
-    `callback_timeout`, then refuses the cut-short and the never-taken deliveries."""
+    batch before it (a1 and a2), whose first acknowledgement here never returns: the stop
+    waits for it only `callback_timeout`, tells a2, then refuses the cut-short batch (b and c).
+    The writer task is being cancelled meanwhile, which must not turn the given-up callback
+    into a cancellation of the rest."""
     heard: list[str] = []
 
     async def hang() -> None:
-        heard.append("a")
+        heard.append("a1")
         await asyncio.sleep(3600)
 
-    async with running_engine(sqlite_url(tmp_path), max_batch=1, sweep_every=3600.0,
+    async with running_engine(sqlite_url(tmp_path), max_batch=2, sweep_every=3600.0,
                               callback_timeout=0.3) as engine:
         begins = 0
 
@@ -373,16 +375,49 @@ async def test_a_stop_that_gives_up_does_not_wait_for_a_hanging_acknowledgement(
             if begins == 2:
                 await_(asyncio.sleep(3600))
 
-        for name, event_ in (("a", ev(E.COUNT, qty=5, event_id="a")),
-                             ("b", ev(E.SALE, qty=1, at=T0 + 1, event_id="b")),
-                             ("c", ev(E.SALE, qty=2, at=T0 + 2, event_id="c"))):
-            await engine.submit(Inbound([event_], on_commit=hang if name == "a" else None,
+        await engine.submit(Inbound([ev(E.COUNT, qty=5, event_id="a1")], on_commit=hang))
+        await engine.submit(Inbound([ev(E.COUNT, qty=5, location="lille", event_id="a2")],
+                                    on_commit=lambda: heard.append("a2")))
+        for name, at in (("b", T0 + 1), ("c", T0 + 2)):
+            await engine.submit(Inbound([ev(E.SALE, qty=1, at=at, event_id=name)],
                                         on_failure=_refused(heard, name)))
         await until(lambda: begins == 2)
         stopping = asyncio.ensure_future(engine.stop(within=0.2))
         await until(stopping.done, 5.0)  # 0.2 s of drain, 0.3 s of acknowledgement
         await stopping
-        assert heard == ["a", "b refused", "c refused"]
+        assert heard == ["a1", "a2", "b refused", "c refused"]
+
+
+async def test_a_stop_whose_checkpoint_fails_still_writes_the_outbox(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop writes the lagging level rows, the outbox rows owed and the replay mark in one
+    transaction. When that transaction fails (here the mark's write is refused), none of it is
+    kept, the outbox rows are written again on their own, and the next start re-applies the
+    ledger after the old mark."""
+    async with running_engine(sqlite_url(tmp_path), level_checkpoint_every=3600.0,
+                              desired_flush_every=3600.0) as engine:
+        await engine.apply([ev(E.COUNT, qty=5, event_id="c1"),
+                            ev(E.SALE, qty=2, at=T0 + 1, event_id="s1")])
+        shown = {key: row.desired for key, row in engine.outbox.rows.items()}
+        async with engine.db.connect() as conn:
+            mark = await repo.load_replay_from(conn)
+
+        @event.listens_for(engine.db.sync_engine, "before_cursor_execute")
+        def _refuse_the_mark(conn: Connection, cursor: object, statement: str, *_: object) -> None:
+            if "INTO checkpoints" in statement:
+                raise sqlite3.OperationalError("injected: disk I/O error")
+
+        await engine.stop()
+        event.remove(engine.db.sync_engine, "before_cursor_execute", _refuse_the_mark)
+        assert "could not write the level checkpoint" in caplog.text
+        async with engine.db.connect() as conn:
+            assert await repo.load_replay_from(conn) == mark
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM levels")).scalar() == 0
+            stored = await repo.load_outbox(conn)
+        assert {key: row.desired for key, row in stored.items()} == shown
+    async with running_engine(sqlite_url(tmp_path)) as again:
+        assert again.ledger.levels[("SKU-1", "paris")].on_hand == 3
 
 
 def _refused(heard: list[str], name: str) -> Callable[[BaseException], None]:
@@ -425,7 +460,15 @@ async def test_a_stop_that_gives_up_on_a_postgresql_claim_rolls_back_and_tells_e
             await engine.submit(Inbound([event_], on_commit=hang if name == "a" else None,
                                         on_failure=_refused(heard, name)))
         await asyncio.wait_for(acking.wait(), 10)
-        await asyncio.sleep(0.1)  # b's insert is waiting on the index
+        waiting = 0
+        for _ in range(2000):  # b's insert waits on the index: seen by the server
+            waiting = (await blocker.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'INSERT INTO events%'")).scalar() or 0
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1
         stopping = asyncio.ensure_future(engine.stop(within=0.2))
         await until(stopping.done, 5.0)
         await stopping

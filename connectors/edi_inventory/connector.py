@@ -284,15 +284,23 @@ class EdiInventoryConnector:
         return Inbound(dead=[dead], on_commit=on_commit, on_failure=on_failure)
 
     async def _move(self, delivery: _Delivery, target: Where, note: str | None) -> Path | None:
+        """Move the file in a thread. The file stays in flight until that thread is done, also
+        when the engine gives up waiting (`Engine.callback_timeout`: a move stuck on a dead
+        mount): it is not read and delivered again while its move may still happen, and a stuck
+        file holds one thread, not one more at every retry."""
         name = delivery.name
+        moving = asyncio.ensure_future(
+            asyncio.to_thread(self.inbox.move, name, delivery.stat, target, note))
+        moving.add_done_callback(lambda _: self.inbox.release(name, delivery.token))
         try:
-            dest = await asyncio.to_thread(self.inbox.move, name, delivery.stat, target, note)
+            dest = await asyncio.shield(moving)
         except OSError as exc:
             log.error("cannot move %s to %s/: %s; it will be read again (as a duplicate)", name,
                       target, exc, extra=self._extra)
             return None
-        finally:
-            self.inbox.release(name, delivery.token)
+        except asyncio.CancelledError:
+            moving.add_done_callback(_retrieved)  # its outcome is logged by nobody else
+            raise
         if dest is None:
             log.warning("%s changed or vanished after it was read; not moved (a new version is "
                         "read again)", name, extra=self._extra)
@@ -313,3 +321,10 @@ class EdiInventoryConnector:
 
     def on_reservation(self, r: Reservation) -> None:
         return None
+
+
+def _retrieved(moving: asyncio.Future[Path | None]) -> None:
+    """The outcome of a move nobody waits for any more."""
+    exc = None if moving.cancelled() else moving.exception()
+    if exc is not None:
+        log.error("a move given up by the engine failed later: %s", exc)
