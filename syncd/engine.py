@@ -593,8 +593,13 @@ class Engine:
         state it made durable (the next batch's rules have not run yet: `_finish`), so a pusher
         never sees an uncommitted value."""
         moved: Mapping[tuple[str, str], Level | None] = changes.levels
-        if changes.reservations or self._recompute_pending:
-            levels = self.ledger.levels
+        levels = self.ledger.levels
+        if self._recompute_pending:  # every level, and the reserved keys that have none
+            self._recompute_pending = False
+            bare = [key for r in changes.reservations.values()
+                    if (key := (r.sku, r.location)) not in levels]
+            moved = {**levels, **dict.fromkeys(bare)} if bare else levels
+        elif changes.reservations:
             more: dict[tuple[str, str], Level | None] = dict(changes.levels)
             for r in changes.reservations.values():
                 key = (r.sku, r.location)
@@ -602,9 +607,6 @@ class Engine:
                 if lvl is not None and lvl.key is not None:
                     key = lvl.key
                 more.setdefault(key, lvl)
-            if self._recompute_pending:
-                self._recompute_pending = False
-                more.update(levels)
             moved = more
         return self.outbox.publish(self.figures.moved(moved, now), now)
 
