@@ -312,17 +312,9 @@ async def test_a_stop_that_gives_up_tells_the_committed_batch_first(tmp_path: Pa
     it, the committed batch's sources are still told, before the cut-short batch's and the
     never-taken one's are refused."""
     async with running_engine(sqlite_url(tmp_path), max_batch=1, sweep_every=3600.0) as engine:
-        begins = 0
-
-        @event.listens_for(engine.db.sync_engine, "begin")
-        def _hang_the_second(conn: Connection) -> None:
-            nonlocal begins
-            begins += 1
-            if begins == 2:
-                await_(asyncio.sleep(3600))
-
+        begins = _hang_the_second_begin(engine)
         heard = await _three_deliveries(engine)
-        await until(lambda: begins == 2)
+        await until(lambda: begins() == 2)
         await engine.stop(within=0.2)
         assert heard == ["a", "b refused", "c refused"]
 
@@ -366,22 +358,14 @@ async def test_a_stop_that_gives_up_does_not_wait_for_a_hanging_acknowledgement(
 
     async with running_engine(sqlite_url(tmp_path), max_batch=2, sweep_every=3600.0,
                               callback_timeout=0.3) as engine:
-        begins = 0
-
-        @event.listens_for(engine.db.sync_engine, "begin")
-        def _hang_the_second(conn: Connection) -> None:
-            nonlocal begins
-            begins += 1
-            if begins == 2:
-                await_(asyncio.sleep(3600))
-
+        begins = _hang_the_second_begin(engine)
         await engine.submit(Inbound([ev(E.COUNT, qty=5, event_id="a1")], on_commit=hang))
         await engine.submit(Inbound([ev(E.COUNT, qty=5, location="lille", event_id="a2")],
                                     on_commit=lambda: heard.append("a2")))
         for name, at in (("b", T0 + 1), ("c", T0 + 2)):
             await engine.submit(Inbound([ev(E.SALE, qty=1, at=at, event_id=name)],
                                         on_failure=_refused(heard, name)))
-        await until(lambda: begins == 2)
+        await until(lambda: begins() == 2)
         stopping = asyncio.ensure_future(engine.stop(within=0.2))
         await until(stopping.done, 5.0)  # 0.2 s of drain, 0.3 s of acknowledgement
         await stopping
@@ -418,6 +402,21 @@ async def test_a_stop_whose_checkpoint_fails_still_writes_the_outbox(
         assert {key: row.desired for key, row in stored.items()} == shown
     async with running_engine(sqlite_url(tmp_path)) as again:
         assert again.ledger.levels[("SKU-1", "paris")].on_hand == 3
+
+
+def _hang_the_second_begin(engine: Engine) -> Callable[[], int]:
+    """Make the engine's second BEGIN never return (the database stops answering); returns
+    how many BEGINs it has seen."""
+    begins = 0
+
+    @event.listens_for(engine.db.sync_engine, "begin")
+    def _hang_the_second(conn: Connection) -> None:
+        nonlocal begins
+        begins += 1
+        if begins == 2:
+            await_(asyncio.sleep(3600))
+
+    return lambda: begins
 
 
 def _refused(heard: list[str], name: str) -> Callable[[BaseException], None]:
