@@ -799,6 +799,9 @@ async def _call(seconds: float, fn: Callable[..., Awaitable[None] | None], *args
                       "source that was not told delivers again, and its events count once)",
                       seconds)
             return
+        if running.cancelled():  # by itself: nothing to wait for, and the writer goes on
+            log.error("an acknowledgement callback was cancelled")
+            return
         running.result()
     except Exception:
         log.exception("acknowledgement callback failed")
