@@ -111,13 +111,11 @@ class Checkpoint:
         if before == 0 and self.current:
             self.current_first = first_id
 
-    def due(self, now: float, everything: bool = False) -> list[Key]:
+    def due(self, now: float) -> list[Key]:
         """The keys to write in this commit (not yet marked written: see `written`). Rotates the
-        current generation when `every` seconds have passed and nothing is being written, or at
-        once with `everything`."""
-        if self.closing is None and self.current and (
-            everything or now - self.started >= self.every
-        ):
+        current generation when `every` seconds have passed and nothing is being written (a stop
+        takes every lagging key at once: `rest`)."""
+        if self.closing is None and self.current and now - self.started >= self.every:
             self.closing = _Generation(sorted(self.current, key=_SKU),
                                        self.current_first or 0)
             self.current = set()
