@@ -3,23 +3,29 @@
 SQLite runs in WAL mode with `synchronous=NORMAL` and a `busy_timeout`. pysqlite's own transaction
 handling is turned off and SQLAlchemy emits `BEGIN IMMEDIATE` itself, as the SQLAlchemy docs
 prescribe for (aio)sqlite: the write lock is taken at the start, so a transaction that reads and
-then writes can never fail halfway with SQLITE_BUSY.
+then writes can never fail halfway with SQLITE_BUSY. The pool's connections do not checkpoint
+the WAL in their commits; a thread does, beside them (`syncd.store.wal`).
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["BUSY_TIMEOUT_MS", "open_engine", "sqlite_url", "upgrade"]
+from .wal import WalCheckpointer
+
+__all__ = ["BUSY_TIMEOUT_MS", "open_engine", "sqlite_url", "upgrade", "wal_checkpointer"]
 
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 131_072  # 128 MiB of page cache per connection
+WAL_CHECKPOINT_EVERY = 1.0  # seconds between the checkpoint thread's rounds
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -27,15 +33,39 @@ def sqlite_url(state_dir: str | Path) -> str:
     return f"sqlite+aiosqlite:///{Path(state_dir) / 'syncd.db'}"
 
 
-def open_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def open_engine(url: str, *, echo: bool = False,
+                wal_checkpoint_every: float = WAL_CHECKPOINT_EVERY) -> AsyncEngine:
+    """The database at `url`; on a SQLite file, WAL checkpoints run every
+    `wal_checkpoint_every` seconds in a thread (`syncd.store.wal`)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, pool_size=2, max_overflow=2)
-        _sqlite_setup(engine)
+        wal = _wal_checkpointer(url, wal_checkpoint_every)
+        if wal is not None:
+            _CHECKPOINTERS[engine.sync_engine] = wal
+        _sqlite_setup(engine, wal)
         return engine
     return create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
+_CHECKPOINTERS: weakref.WeakKeyDictionary[Any, WalCheckpointer] = weakref.WeakKeyDictionary()
+
+
+def wal_checkpointer(engine: AsyncEngine) -> WalCheckpointer | None:
+    """The WAL checkpoint thread of a SQLite file's engine (None for other databases)."""
+    return _CHECKPOINTERS.get(engine.sync_engine)
+
+
+def _wal_checkpointer(url: str, every: float) -> WalCheckpointer | None:
+    """The checkpoint thread of a database file (none for an in-memory database, nor for a
+    URI filename, whose options a plain connection would not share)."""
+    parsed = make_url(url)
+    path = parsed.database
+    if not path or path == ":memory:" or parsed.query.get("uri") or path.startswith("file:"):
+        return None
+    return WalCheckpointer(path, every, BUSY_TIMEOUT_MS)
+
+
+def _sqlite_setup(engine: AsyncEngine, wal: WalCheckpointer | None) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
@@ -46,7 +76,16 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA temp_store=MEMORY")
         # the default page cache (2 MiB) thrashes once levels and the ledger index outgrow it
         cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        if wal is not None:  # its thread checkpoints, not this connection's commits
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+            wal.attach()
         cur.close()
+
+    if wal is not None:
+        @event.listens_for(engine.sync_engine.pool, "close")
+        @event.listens_for(engine.sync_engine.pool, "close_detached")
+        def _closed(*_: Any) -> None:
+            wal.detach()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
