@@ -539,15 +539,16 @@ class Engine:
         """At stop: every lagging level row and every outbox row still owed, in one
         transaction, and the mark past the ledger's end (it may still be a conservative one
         left by a kill): one pipeline of slices, each written while the next is built, rather
-        than a pipeline filled and drained in every transaction."""
+        than a pipeline filled and drained in every transaction. The outbox's keys are sorted
+        while SQLite writes the level slices, and the whole rows go in after the pipeline."""
         keys = self.checkpoint.rest()
-        whole, desired = self._outbox_keys()
         async with self.db.begin() as conn:
             next_id = await repo.next_event_id(conn)
-            await self._write_whole(conn, whole)
             async with repo.Queued(conn) as queued:
                 await self._queue_levels(conn, keys, next_id - 1, queued)
+                whole, desired = self._outbox_keys()
                 await self._queue_desired(conn, desired, queued)
+            await self._write_whole(conn, whole)
             await repo.set_replay_from(conn, next_id)  # every row is current: none replayed
         self.checkpoint.clear()
         self._flushed = (set(), set())
