@@ -10,11 +10,11 @@ import asyncio
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy import Table, bindparam, func, select, tuple_
@@ -36,6 +36,8 @@ from syncd.rules import DEFAULT_TAIL_HORIZON
 
 from ._nulls import positions, split_nulls
 from .tables import checkpoints, dead_letters, events, levels, outbox, reservations, sources
+
+_T = TypeVar("_T")
 
 __all__ = [
     "EVENT_COLS",
@@ -236,22 +238,49 @@ async def _sqlite_many(
     return changed
 
 
-async def _rows_changed(driver: aiosqlite.Connection, sql: str,
-                        params: list[tuple[Any, ...]]) -> int:
-    """`executemany` on aiosqlite's thread; the rows it changed. The cursor is closed on that
-    thread too, also when the caller gives up (the statement is queued and runs anyway): one
+async def _on_thread(driver: aiosqlite.Connection,
+                     fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(sqlite3_connection, *args)` on aiosqlite's thread, in the order of its queue.
+
+    aiosqlite runs each of its calls (a statement, a fetch, a cursor's close) as one item of that
+    queue: the thread takes the GIL to start it and the event loop is woken to take its result.
+    While the event loop is busy, each take of the GIL waits for the switch interval, so a
+    statement run as four calls waits four times. A whole unit of work (a batch's ledger insert,
+    a slice of rows) is therefore one call here; its cursors are closed on that thread too (one
     freed on the event loop's thread resets its cached statement there, which races with the
-    thread running the same SQL again (SQLITE_MISUSE)."""
-    return await asyncio.shield(_executed(driver, sql, params))
+    thread running the same SQL again: SQLITE_MISUSE). A caller that gives up leaves the call
+    queued; it runs all the same, before anything queued after it (a rollback).
+
+    This is aiosqlite's own way to run its sqlite3 methods (`Connection._execute`), which it
+    does not expose publicly; `tests/test_store_nulls.py` fails if a release changes it."""
+    execute: Callable[..., Awaitable[Any]] = driver._execute  # untyped in aiosqlite
+    result: _T = await execute(fn, driver._conn, *args)
+    return result
 
 
-async def _executed(driver: aiosqlite.Connection, sql: str,
-                    params: list[tuple[Any, ...]]) -> int:
-    cursor = await driver.executemany(sql, params)
+def _many_now(con: sqlite3.Connection,
+              statements: Sequence[tuple[str, list[tuple[Any, ...]]]]) -> int:
+    """On aiosqlite's thread: `statements` (`_sqlite_statements`) in order; the rows changed."""
+    changed = 0
+    for sql, params in statements:
+        cursor = con.executemany(sql, params)
+        try:
+            changed += cursor.rowcount
+        finally:
+            cursor.close()
+    return changed
+
+
+def _claim_now(con: sqlite3.Connection,
+               statements: Sequence[tuple[str, list[tuple[Any, ...]]]]) -> tuple[int, int]:
+    """On aiosqlite's thread: the id the claim's first row gets if inserted, and the rows its
+    `statements` inserted."""
+    cursor = con.execute("SELECT coalesce(max(id), 0) + 1 FROM events")
     try:
-        return int(cursor.rowcount)
+        first = int(cursor.fetchone()[0])
     finally:
-        await cursor.close()
+        cursor.close()
+    return first, _many_now(con, statements)
 
 
 async def _all_done(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:
@@ -303,9 +332,9 @@ class Queued:
         if not rows:
             return
         driver = await _aiosqlite(self.conn)
-        self.tasks.extend(asyncio.ensure_future(_rows_changed(driver, statement, params))
-                          for statement, params in _sqlite_statements(sql, ncols, rows, one))
-        await asyncio.sleep(0)  # the tasks' first step queues their statements
+        self.tasks.append(asyncio.ensure_future(
+            _on_thread(driver, _many_now, _sqlite_statements(sql, ncols, rows, one))))
+        await asyncio.sleep(0)  # the task's first step queues its statements
 
     async def wait(self) -> int:
         """The rows changed by every queued statement."""
@@ -399,16 +428,14 @@ async def submit_claim(
     if conn.dialect.name == "postgresql":
         return asyncio.ensure_future(_pg_claim(conn, rows))
     driver = await _aiosqlite(conn)
-    first = asyncio.ensure_future(driver.execute_fetchall(
-        "SELECT coalesce(max(id), 0) + 1 FROM events"))
-    inserts = [  # in runs of one shape of NULLs, in order: the ids are the ledger's order
-        asyncio.ensure_future(_rows_changed(driver, statement, params))
+    statements = [  # in runs of one shape of NULLs, in order: the ids are the ledger's order
+        statement
         for shape, group in split_nulls(EVENT_COLS, _EVENT_NULLABLE, rows, ordered=True)
-        for statement, params in _sqlite_statements(
+        for statement in _sqlite_statements(
             _compiled_in_order(conn, events, shape.cols, ())
             + " ON CONFLICT (connector, event_id) DO NOTHING", len(shape.cols), group)
     ]
-    return asyncio.ensure_future(_sqlite_claimed(conn, rows, first, inserts))
+    return asyncio.ensure_future(_sqlite_claimed(conn, rows, driver, statements))
 
 
 async def _aiosqlite(conn: AsyncConnection) -> aiosqlite.Connection:
@@ -424,13 +451,12 @@ async def _done(value: Claimed) -> Claimed:
 
 
 async def _sqlite_claimed(
-    conn: AsyncConnection, rows: Sequence[tuple[Any, ...]],
-    first_id: asyncio.Future[Iterable[Any]], inserts: Sequence[asyncio.Future[int]],
+    conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], driver: aiosqlite.Connection,
+    statements: Sequence[tuple[str, list[tuple[Any, ...]]]],
 ) -> Claimed:
-    # on a failure the caller's transaction rolls back what the other statements did
-    found, *changed = await _all_done([first_id, *inserts])
-    first = int(next(iter(found))[0])
-    written = sum(changed)
+    # one call on aiosqlite's thread (`_on_thread`); on a failure the caller's transaction rolls
+    # back what its statements did
+    first, written = await _on_thread(driver, _claim_now, statements)
     inserted: set[tuple[str, str]] = set()
     if written == len(rows):  # no duplicate: the common case needs no read-back
         inserted.update(map(_IDENT, rows))
