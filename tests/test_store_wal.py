@@ -82,3 +82,19 @@ async def test_the_thread_follows_the_pool(tmp_path: Path) -> None:
     assert not (tmp_path / "syncd.db-wal").exists()
     with sqlite3.connect(tmp_path / "syncd.db") as con:
         assert con.execute("SELECT value FROM checkpoints WHERE name = 'a'").fetchone() == (1,)
+
+
+async def test_only_the_last_attached_connection_stops_the_thread(tmp_path: Path) -> None:
+    """A close of a connection that never attached (its setup failed) changes nothing."""
+    with sqlite3.connect(tmp_path / "x.db") as con:
+        con.execute("PRAGMA journal_mode=WAL")
+    wal = WalCheckpointer(str(tmp_path / "x.db"), every=0.01)
+    wal.attach(1)
+    wal.attach(2)
+    wal.detach(3)  # never attached
+    wal.detach(1)
+    assert len(_checkpoint_threads()) == 1
+    await until(lambda: wal.checkpoints > 0)
+    wal.detach(2)
+    assert not wal.running
+    assert not _checkpoint_threads()

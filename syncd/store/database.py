@@ -78,14 +78,14 @@ def _sqlite_setup(engine: AsyncEngine, wal: WalCheckpointer | None) -> None:
         cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if wal is not None:  # its thread checkpoints, not this connection's commits
             cur.execute("PRAGMA wal_autocheckpoint=0")
-            wal.attach()
+            wal.attach(id(dbapi_conn))
         cur.close()
 
     if wal is not None:
         @event.listens_for(engine.sync_engine.pool, "close")
         @event.listens_for(engine.sync_engine.pool, "close_detached")
-        def _closed(*_: Any) -> None:
-            wal.detach()
+        def _closed(dbapi_conn: Any, *_: Any) -> None:
+            wal.detach(id(dbapi_conn))
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:

@@ -36,24 +36,26 @@ _ERROR_EVERY = 60.0  # seconds between two logs of a failing checkpoint
 
 
 class WalCheckpointer:
-    """Checkpoints the WAL of the SQLite file `path` from a thread while `attach`es outnumber
-    `detach`es (one of each per pool connection)."""
+    """Checkpoints the WAL of the SQLite file `path` from a thread while some pool connection
+    is attached (`attach` when one opens, `detach` when it closes, each by the connection's
+    `id`: a close of a connection that never attached, one whose setup failed, changes
+    nothing)."""
 
     def __init__(self, path: str, every: float = 1.0, busy_timeout_ms: int = 5000) -> None:
         self.path = path
         self.every = every
         self.busy_timeout_ms = busy_timeout_ms
         self.checkpoints = 0  # completed checkpoint calls (tests, diagnosis)
-        self._users = 0
+        self._users: set[int] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._logged_at = -_ERROR_EVERY
 
-    def attach(self) -> None:
+    def attach(self, user: int) -> None:
         """A pool connection opened: the thread runs (started if it is not)."""
         with self._lock:
-            self._users += 1
+            self._users.add(user)
             if self._thread is None:
                 self._stop = threading.Event()
                 self._thread = threading.Thread(
@@ -61,12 +63,14 @@ class WalCheckpointer:
                     daemon=True)
                 self._thread.start()
 
-    def detach(self) -> None:
+    def detach(self, user: int) -> None:
         """A pool connection closed: after the last one the thread stops, and its connection
         closes last (SQLite's final checkpoint, the WAL removed)."""
         with self._lock:
-            self._users -= 1
-            if self._users > 0 or self._thread is None:
+            if user not in self._users:
+                return
+            self._users.discard(user)
+            if self._users or self._thread is None:
                 return
             thread, self._thread = self._thread, None
             self._stop.set()
