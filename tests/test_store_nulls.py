@@ -85,10 +85,10 @@ def test_sqlite_statements_write_every_row_once_in_order(
 
 
 async def test_a_refused_block_fails_the_whole_claim(db_url: str) -> None:
-    """The claim's statements all go to the database before the first answer (SQLite queues
-    them on aiosqlite's thread): when later blocks are refused (a NOT NULL column), the claim
-    raises, every statement is awaited (no task is left with an error nobody retrieved), and
-    the transaction's rollback takes back the blocks that went in."""
+    """The claim's statements all go to the database before the first answer (SQLite runs
+    them as one call on aiosqlite's thread): when a later block is refused (a NOT NULL
+    column), the claim raises, and the transaction's rollback takes back the blocks that went
+    in."""
     db = open_engine(db_url)
     await upgrade(db)
     loop = asyncio.get_running_loop()

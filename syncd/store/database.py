@@ -3,8 +3,8 @@
 SQLite runs in WAL mode with `synchronous=NORMAL` and a `busy_timeout`. pysqlite's own transaction
 handling is turned off and SQLAlchemy emits `BEGIN IMMEDIATE` itself, as the SQLAlchemy docs
 prescribe for (aio)sqlite: the write lock is taken at the start, so a transaction that reads and
-then writes can never fail halfway with SQLITE_BUSY. The pool's connections do not checkpoint
-the WAL in their commits; a thread does, beside them (`syncd.store.wal`).
+then writes can never fail halfway with SQLITE_BUSY. A thread checkpoints the WAL beside the
+pool's connections, whose commits do so only past a backstop (`syncd.store.wal`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .wal import WalCheckpointer
+from .wal import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["BUSY_TIMEOUT_MS", "open_engine", "sqlite_url", "upgrade", "wal_checkpointer"]
 
@@ -76,8 +76,8 @@ def _sqlite_setup(engine: AsyncEngine, wal: WalCheckpointer | None) -> None:
         cur.execute("PRAGMA temp_store=MEMORY")
         # the default page cache (2 MiB) thrashes once levels and the ledger index outgrow it
         cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        if wal is not None:  # its thread checkpoints, not this connection's commits
-            cur.execute("PRAGMA wal_autocheckpoint=0")
+        if wal is not None:  # its thread checkpoints; these commits only past the backstop
+            cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             wal.attach(id(dbapi_conn))
         cur.close()
 

@@ -1,37 +1,47 @@
-"""SQLite's WAL checkpoints, run from a thread of their own instead of inside the writer's
-commits.
+"""SQLite's WAL checkpoints, run mostly from a thread of their own instead of inside the
+writer's commits.
 
 In WAL mode a commit appends pages to the `-wal` file; a *checkpoint* copies them back into the
 database file and syncs it. By default (`wal_autocheckpoint=1000`) the commit that takes the
 WAL past 1,000 pages runs that checkpoint itself, before it returns: every few batches the
 engine's commit, and with it every acknowledgement, waits ten milliseconds or more for pages of
 earlier commits (a stop's commit of the whole checkpoint, a hundred). The SQLite documentation
-gives the alternative: turn the automatic checkpoints off and run them "in a separate thread"
+gives the alternative: run the checkpoints "in a separate thread"
 (https://sqlite.org/wal.html#automatic_checkpoint). `WalCheckpointer` does that: while the pool
 holds a connection to the file, a thread with its own connection runs a `PASSIVE` checkpoint
 every `every` seconds. A passive checkpoint takes no lock that a writer waits for; it copies
-what is committed, sqlite3 releases the GIL while it runs, and once it has copied everything the
-next write transaction starts the WAL over from its beginning, so the file stays bounded by
-what is written in `every` seconds. When the pool's last connection closes the thread stops;
-its connection is then the last one, and closing it checkpoints what is left and removes the
-WAL, as SQLite does for a last connection.
+what is committed, and sqlite3 releases the GIL while it runs.
 
-Durability is unchanged: with `synchronous=NORMAL` a commit is in the WAL (safe from a crash of
-the process, and of the machine up to the last checkpoint's sync) whoever checkpoints, and a
-start after a kill reads the WAL back as it always does.
+A thread alone does not bound the file. SQLite starts the WAL over only when a write
+transaction begins with every frame already copied, and under steady writes a commit lands
+during nearly every round, so the file would keep growing. So the pool's connections keep an
+automatic checkpoint as a backstop, at `BACKSTOP_PAGES` rather than 1,000: it fires only when
+the WAL outgrows what the thread keeps up with, and then finds most frames already copied. Its
+commit copies the rest; no other writer exists at that moment, so the next write transaction
+starts the WAL over. The file stays within about the backstop plus one commit.
+
+When the pool's last connection closes, the thread stops (the pool's `close` event comes before
+the connection is closed, so that connection is the last one and its close checkpoints what is
+left and removes the WAL, as SQLite does for any last connection). Durability is unchanged: with
+`synchronous=NORMAL` a commit is in the WAL whoever checkpoints, and a start after a kill reads
+the WAL back as it always does.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 
-__all__ = ["WalCheckpointer"]
+__all__ = ["BACKSTOP_PAGES", "WalCheckpointer"]
 
 log = logging.getLogger("syncd.store")
 
+# pages (4 KiB by default) past which a commit of the pool checkpoints itself: 32 MiB, more than
+# a second of the engine's writes at full rate, so the thread's rounds normally do the copying
+BACKSTOP_PAGES = 8000
 _ERROR_EVERY = 60.0  # seconds between two logs of a failing checkpoint
 
 
@@ -42,10 +52,10 @@ class WalCheckpointer:
     nothing)."""
 
     def __init__(self, path: str, every: float = 1.0, busy_timeout_ms: int = 5000) -> None:
-        self.path = path
+        self.path = os.path.abspath(path)  # as SQLAlchemy opens it: a later chdir changes nothing
         self.every = every
         self.busy_timeout_ms = busy_timeout_ms
-        self.checkpoints = 0  # completed checkpoint calls (tests, diagnosis)
+        self.checkpoints = 0  # rounds that ran (tests, diagnosis)
         self._users: set[int] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -55,17 +65,18 @@ class WalCheckpointer:
     def attach(self, user: int) -> None:
         """A pool connection opened: the thread runs (started if it is not)."""
         with self._lock:
-            self._users.add(user)
             if self._thread is None:
-                self._stop = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._run, args=(self._stop,), name="syncd-wal-checkpoint",
-                    daemon=True)
-                self._thread.start()
+                stop = threading.Event()
+                thread = threading.Thread(target=self._run, args=(stop,),
+                                          name="syncd-wal-checkpoint", daemon=True)
+                thread.start()  # if it cannot start, nothing here has changed
+                self._thread, self._stop = thread, stop
+            self._users.add(user)
 
     def detach(self, user: int) -> None:
-        """A pool connection closed: after the last one the thread stops, and its connection
-        closes last (SQLite's final checkpoint, the WAL removed)."""
+        """A pool connection closed: after the last one the thread stops. The caller waits for
+        the round in progress, if any (a second of writes at most, copied while the engine
+        ran)."""
         with self._lock:
             if user not in self._users:
                 return
@@ -81,26 +92,27 @@ class WalCheckpointer:
         return self._thread is not None
 
     def _run(self, stop: threading.Event) -> None:
+        con: sqlite3.Connection | None = None
         try:
-            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.error("cannot open %s for WAL checkpoints: %s", self.path, exc)
-            return
-        try:
-            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             while not stop.wait(self.every):
-                self._checkpoint(con)
+                try:
+                    if con is None:
+                        con = sqlite3.connect(self.path, isolation_level=None,
+                                              check_same_thread=False)
+                        con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except Exception as exc:  # tried again next round; the backstop bounds the WAL
+                    self._failed(exc)
+                    continue
+                self.checkpoints += 1
         finally:
-            con.close()
+            if con is not None:
+                con.close()
 
-    def _checkpoint(self, con: sqlite3.Connection) -> None:
-        try:
-            con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # the next round tries again; the WAL grows meanwhile
-            now = time.monotonic()
-            if now - self._logged_at >= _ERROR_EVERY:
-                self._logged_at = now
-                log.error("WAL checkpoint of %s failed (tried again every %g s): %s",
-                          self.path, self.every, exc)
-            return
-        self.checkpoints += 1
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= _ERROR_EVERY:
+            self._logged_at = now
+            log.error("WAL checkpoint of %s failed (tried again every %g s; the commits "
+                      "checkpoint past %d pages meanwhile): %s",
+                      self.path, self.every, BACKSTOP_PAGES, exc)
