@@ -78,8 +78,9 @@ def _sqlite_setup(engine: AsyncEngine, wal: WalCheckpointer | None) -> None:
         cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if wal is not None:  # its thread checkpoints; these commits only past the backstop
             cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-            wal.attach(id(dbapi_conn))
         cur.close()
+        if wal is not None:  # last: a setup that fails before this has nothing to take back
+            wal.attach(id(dbapi_conn))
 
     if wal is not None:
         @event.listens_for(engine.sync_engine.pool, "close")

@@ -14,11 +14,15 @@ what is committed, and sqlite3 releases the GIL while it runs.
 
 A thread alone does not bound the file. SQLite starts the WAL over only when a write
 transaction begins with every frame already copied, and under steady writes a commit lands
-during nearly every round, so the file would keep growing. So the pool's connections keep an
-automatic checkpoint as a backstop, at `BACKSTOP_PAGES` rather than 1,000: it fires only when
-the WAL outgrows what the thread keeps up with, and then finds most frames already copied. Its
-commit copies the rest; no other writer exists at that moment, so the next write transaction
-starts the WAL over. The file stays within about the backstop plus one commit.
+during nearly every round, so the file would keep growing. So the pool's connections keep the
+automatic checkpoint as a backstop, at `BACKSTOP_PAGES` rather than 1,000. Under steady writes
+it fires about every `BACKSTOP_PAGES` pages all the same, but finds most frames already copied
+by the rounds: the commit copies the rest, and since the engine is the one writer, the next
+write transaction starts the WAL over. A commit whose checkpoint finds a round in progress gets
+SQLITE_BUSY and leaves it to the next commit, so the file stays within about the backstop plus
+the commits made during one round. (As with any WAL, a reader in another process that stays
+open, a backup say, can hold it longer.) If the thread cannot open the file or its rounds fail,
+the backstop alone bounds it, as SQLite's default does.
 
 When the pool's last connection closes, the thread stops (the pool's `close` event comes before
 the connection is closed, so that connection is the last one and its close checkpoints what is
@@ -29,6 +33,7 @@ the WAL back as it always does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -40,7 +45,7 @@ __all__ = ["BACKSTOP_PAGES", "WalCheckpointer"]
 log = logging.getLogger("syncd.store")
 
 # pages (4 KiB by default) past which a commit of the pool checkpoints itself: 32 MiB, more than
-# a second of the engine's writes at full rate, so the thread's rounds normally do the copying
+# a second of the engine's writes at full rate, so that the rounds have copied most of them
 BACKSTOP_PAGES = 8000
 _ERROR_EVERY = 60.0  # seconds between two logs of a failing checkpoint
 
@@ -55,7 +60,7 @@ class WalCheckpointer:
         self.path = os.path.abspath(path)  # as SQLAlchemy opens it: a later chdir changes nothing
         self.every = every
         self.busy_timeout_ms = busy_timeout_ms
-        self.checkpoints = 0  # rounds that ran (tests, diagnosis)
+        self.checkpoints = 0  # rounds that copied every committed frame (tests, diagnosis)
         self._users: set[int] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -85,7 +90,8 @@ class WalCheckpointer:
                 return
             thread, self._thread = self._thread, None
             self._stop.set()
-        thread.join()
+        if thread is not threading.current_thread():  # a connection collected on this thread
+            thread.join()
 
     @property
     def running(self) -> bool:
@@ -97,17 +103,29 @@ class WalCheckpointer:
             while not stop.wait(self.every):
                 try:
                     if con is None:
-                        con = sqlite3.connect(self.path, isolation_level=None,
-                                              check_same_thread=False)
-                        con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-                    con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except Exception as exc:  # tried again next round; the backstop bounds the WAL
+                        con = self._connect()
+                    busy = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
+                except Exception as exc:  # a new connection next round; the backstop meanwhile
                     self._failed(exc)
+                    if con is not None:
+                        with contextlib.suppress(Exception):
+                            con.close()
+                    con = None
                     continue
-                self.checkpoints += 1
+                if not busy:  # not cut short by a commit's own checkpoint
+                    self.checkpoints += 1
         finally:
             if con is not None:
                 con.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()
