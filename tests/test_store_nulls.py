@@ -87,8 +87,8 @@ def test_sqlite_statements_write_every_row_once_in_order(
 async def test_a_refused_block_fails_the_whole_claim(db_url: str) -> None:
     """The claim's statements all go to the database before the first answer (SQLite runs
     them as one call on aiosqlite's thread): when a later block is refused (a NOT NULL
-    column), the claim raises, and the transaction's rollback takes back the blocks that went
-    in."""
+    column), the claim raises, no task is left with an error nobody retrieved, and the
+    transaction's rollback takes back the blocks that went in."""
     db = open_engine(db_url)
     await upgrade(db)
     loop = asyncio.get_running_loop()
